@@ -1,0 +1,107 @@
+"""What a notebook leaves behind: reports/<profile>/<notebook-stem>/ holds metrics.json (flat
+name -> number), tables (.md), figures (.png) and claims.json (rows of the claims ledger).
+`write_report` assembles every notebook's folder into reports/<profile>/REPORT.md."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .utils import atomic_write_bytes, atomic_write_json, check_profile
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def reports_root() -> Path:
+    return Path(os.environ.get("LLGBM_REPORTS", REPO_ROOT / "reports"))
+
+
+class NotebookReport:
+    """Collects one notebook's outputs; every write lands on disk at once (atomically)."""
+
+    def __init__(self, stem: str, profile: str):
+        self.stem, self.profile = stem, check_profile(profile)
+        self.dir = reports_root() / profile / stem
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in ("metrics.json", "claims.json"):  # a rerun starts clean, never mixes runs
+            (self.dir / old).unlink(missing_ok=True)
+        self.metrics: dict[str, float] = {}
+        self.claims: list[dict] = []
+
+    def log(self, **metrics: float) -> None:
+        for k, v in metrics.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"metric {k!r} must be a number, got {type(v).__name__}")
+            self.metrics[k] = float(v)
+        atomic_write_json(self.dir / "metrics.json",
+                          {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()})
+
+    def table(self, df, name: str, caption: str = "", floatfmt: str = ".3f") -> None:
+        text = (f"*{caption}*\n\n" if caption else "") + df.to_markdown(floatfmt=floatfmt) + "\n"
+        atomic_write_bytes(self.dir / f"{name}.md", text.encode())
+
+    def note(self, name: str, markdown: str) -> None:
+        """A paragraph for REPORT.md (a verdict, a caveat), rendered in name order with the tables."""
+        atomic_write_bytes(self.dir / f"{name}.md", (markdown.strip() + "\n").encode())
+
+    def figure(self, fig, name: str) -> Path:
+        path = self.dir / f"{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        tmp.replace(path)
+        return path
+
+    def claim(self, claim: str, source: str, verdict: str, evidence: str) -> None:
+        """A claims-ledger row: what was claimed, by whom, and what we measured."""
+        self.claims.append(dict(claim=claim, source=source, verdict=verdict, evidence=evidence))
+        atomic_write_json(self.dir / "claims.json", self.claims)
+
+
+def _title(notebook: Path) -> str:
+    try:
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                first = "".join(cell["source"]).strip().splitlines()[0]
+                return first.lstrip("# ").strip()
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    return notebook.stem
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(profile: str, notebooks: list[Path]) -> Path:
+    """REPORT.md: one section per notebook (tables, figures, metrics), then the claims ledger."""
+    root = reports_root() / check_profile(profile)
+    lines = [f"# LLGBM Lab report — `{profile}` profile", "",
+             "Every number below was written by a notebook run of the committed code "
+             f"(`python -m llgbm.run --profile {profile}`); nothing here is typed by hand.", ""]
+    claims = []
+    for nb in notebooks:
+        d = root / nb.stem
+        if not (d / "metrics.json").exists():
+            continue
+        lines += [f"## {_title(nb)}", "", f"Notebook: `notebooks/{nb.name}` · outputs: `{d.relative_to(root)}/`", ""]
+        for table in sorted(d.glob("*.md")):
+            lines += [table.read_text().rstrip(), ""]
+        for fig in sorted(d.glob("*.png")):
+            lines += [f"![{fig.stem}]({fig.relative_to(root).as_posix()})", ""]
+        metrics = json.loads((d / "metrics.json").read_text())
+        lines += ["<details><summary>metrics.json</summary>", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()] + ["", "</details>", ""]
+        if (d / "claims.json").exists():
+            claims += json.loads((d / "claims.json").read_text())
+    lines += ["## Claims ledger", ""]
+    if claims:
+        lines += ["| claim | source | measured verdict | evidence |", "|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['source']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
+    else:
+        lines += ["No notebook in this run has measured a seed claim yet."]
+    path = root / "REPORT.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
