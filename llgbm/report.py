@@ -24,8 +24,8 @@ class NotebookReport:
         self.stem, self.profile = stem, check_profile(profile)
         self.dir = reports_root() / profile / stem
         self.dir.mkdir(parents=True, exist_ok=True)
-        for old in ("metrics.json", "claims.json"):  # a rerun starts clean, never mixes runs
-            (self.dir / old).unlink(missing_ok=True)
+        for old in [*self.dir.glob("*.md"), *self.dir.glob("*.png"), *self.dir.glob("*.json")]:
+            old.unlink()  # a rerun starts clean: never a table or figure left from an earlier run
         self.metrics: dict[str, float] = {}
         self.claims: list[dict] = []
 
@@ -96,6 +96,14 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()] + ["", "</details>", ""]
         if (d / "claims.json").exists():
             claims += json.loads((d / "claims.json").read_text())
+    timings_path = root / "timings.json"
+    if timings_path.exists():
+        timings = json.loads(timings_path.read_text())
+        lines += ["## Run times", "", "Wall time of each notebook's latest run on this machine. A notebook rerun over",
+                  "a finished zoo or a warm DeltaCache skips that work, and its time says so.", "",
+                  "| notebook | seconds | finished |", "|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.0f} | {v['finished']} |" for k, v in sorted(timings.items())]
+        lines += [f"| **total** | {sum(v['seconds'] for v in timings.values()):.0f} | |", ""]
     lines += ["## Claims ledger", ""]
     if claims:
         lines += ["| claim | source | measured verdict | evidence |", "|---|---|---|---|"]

@@ -8,13 +8,14 @@ outputs) is kept under reports/<profile>/_executed/ for inspection."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from .report import REPO_ROOT, reports_root, write_report
-from .utils import PROFILES
+from .utils import PROFILES, atomic_write_json
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KERNEL = "llgbm"
@@ -48,6 +49,14 @@ def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 36
     return out
 
 
+def record_timing(profile: str, stem: str, seconds: float) -> None:
+    """Wall time of each notebook's latest run, kept across partial reruns (`--only`)."""
+    path = reports_root() / profile / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[stem] = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write_json(path, timings)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=PROFILES, default="quick")
@@ -71,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}",
                   file=sys.stderr)
             return 1
-        print(f"[llgbm.run] {nb.name} done in {time.time() - t0:.0f}s", flush=True)
+        seconds = time.time() - t0
+        record_timing(args.profile, nb.stem, seconds)
+        print(f"[llgbm.run] {nb.name} done in {seconds:.0f}s", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")
     return 0

@@ -82,9 +82,17 @@ def register_task(name: str, instruction: str, pairs: Sequence[tuple[str, str]] 
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"task {name!r} is already registered; pass overwrite=True to replace it")
     source = pairs if callable(pairs) else (lambda p=tuple(pairs): p)
+    previous = _REGISTRY.get(name)
     _REGISTRY[name] = _Spec(family, instruction, source, heldout)
     _build.cache_clear()
-    return get_task(name)
+    try:
+        return get_task(name)
+    except Exception:  # a task that cannot be built is not registered
+        if previous is None:
+            del _REGISTRY[name]
+        else:
+            _REGISTRY[name] = previous
+        raise
 
 
 @lru_cache(maxsize=None)

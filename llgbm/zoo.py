@@ -5,6 +5,7 @@ Crash-safe: a run saves a resume state (safetensors) every `save_every` steps, a
 writes `run.json` and is never trained again, and `manifest.json` is rebuilt from those files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -60,13 +61,22 @@ class ZooConfig:
     def task_names(self) -> list[str]:
         return list(self.tasks) if self.tasks is not None else list_tasks()
 
+    def training_key(self) -> str:
+        """Hash of the fields that change what a run trains (not which tasks, seeds or eval size)."""
+        fields = {k: getattr(self, k) for k in ("rank", "alpha", "targets", "steps", "lr", "warmup", "batch_size",
+                                                 "n_checkpoints")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:8]
+
     def lora_config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets),
                           lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 
-def zoo_dir(profile: str, model_name: str) -> Path:
-    return llgbm_home() / "zoo" / f"{Path(model_name).name}-{profile}"
+def zoo_dir(profile: str, model_name: str, cfg: ZooConfig | None = None) -> Path:
+    """Where a profile's zoo lives; the folder name carries the training config's hash, so teachers
+    trained under other settings are never mistaken for these."""
+    cfg = cfg or ZooConfig.preset(profile)
+    return llgbm_home() / "zoo" / f"{Path(model_name).name}-{profile}-{cfg.training_key()}"
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -81,6 +91,12 @@ def load_adapter_weights(folder: Path | str) -> dict[str, torch.Tensor]:
     tensors = load_file(str(Path(folder) / "adapter_model.safetensors"))
     check_finite(tensors, f"adapter {folder}")
     return tensors
+
+
+def flat_weights(root: Path, manifest: list[dict]) -> np.ndarray:
+    """Each checkpoint's LoRA tensors flattened into one row (the weight-space baseline)."""
+    return np.stack([torch.cat([v.flatten() for _, v in sorted(load_adapter_weights(root / r["path"]).items())]).numpy()
+                     for r in manifest])
 
 
 def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -134,7 +150,14 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
     run_dir = root / task_name / f"seed{seed}"
     record_path = run_dir / "run.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        done = ZooConfig(**{**record["config"], "targets": tuple(record["config"]["targets"]),
+                            "seeds": tuple(record["config"]["seeds"]),
+                            "tasks": record["config"]["tasks"] and tuple(record["config"]["tasks"])})
+        if done.training_key() != cfg.training_key():
+            raise ValueError(f"{run_dir} was trained with another config ({done.training_key()} vs {cfg.training_key()}); "
+                             f"use zoo_dir(profile, model, cfg) for this config, or delete that run to retrain it")
+        return record
     task = get_task(task_name)
     device = next(base_model.parameters()).device
     torch.manual_seed(zlib.crc32(f"{task_name}/{seed}".encode()))
@@ -187,7 +210,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
             scores = evaluate_task(model, tokenizer, task, n=cfg.eval_items)
             checkpoints.append(dict(task=task_name, family=task.family, seed=seed, step=step,
                                     path=str(folder.relative_to(root)), hash=hash_folder(folder),
-                                    train_loss=float(np.mean(losses[step - 5:step])),
+                                    train_loss=float(np.mean(losses[max(0, step - 5):step])),
                                     test_acc=scores.acc, test_loglik=scores.loglik_mean))
         record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
                       train_target_tokens=tokens[1],

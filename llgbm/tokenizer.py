@@ -1,0 +1,132 @@
+"""DnD's 2-D LoRA tokenizer: each LoRA A (r × in) and Bᵀ (r × out) is cut along its second
+dimension into chunks of `chunk` columns; each chunk is z-normalised and becomes one token of shape
+(r + 2, chunk): r rows of normalised values, then a row holding the chunk's mean and a row holding its
+std (first column), NaN everywhere else. NaN marks padding and becomes the loss mask.
+
+With chunk 130 and rank 8 this gives DnD's 10 × 130 tokens and 179 tokens per Qwen2.5-0.5B layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .zoo import LORA_TARGETS
+
+_MODULE_PATH = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+# Shapes only (no weights): the seed's two Qwen configurations, from their published config.json values.
+SEED_CONFIGS = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2),
+}
+
+
+def module_shapes(config) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each LoRA target in a Llama/Qwen2 decoder layer."""
+    h, f = config.hidden_size, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str           # peft state-dict key
+    rows: int          # the rank r
+    cols: int          # in_features for A, out_features for Bᵀ
+    transposed: bool   # True for B (stored out × r, tokenised as Bᵀ)
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    entries: tuple[Entry, ...]
+    rank: int
+    chunk: int
+
+    @classmethod
+    def from_config(cls, config, rank: int = 8, targets=LORA_TARGETS, chunk: int = 130) -> "LoraLayout":
+        shapes = module_shapes(config)
+        unknown = set(targets) - set(shapes)
+        if unknown:
+            raise ValueError(f"unknown LoRA targets {sorted(unknown)}; known: {sorted(shapes)}")
+        entries = []
+        for layer in range(config.num_hidden_layers):
+            for t in sorted(targets):  # peft's saved order is alphabetical within a layer
+                prefix = f"base_model.model.model.layers.{layer}.{_MODULE_PATH[t]}.{t}"
+                fan_in, fan_out = shapes[t]
+                entries.append(Entry(f"{prefix}.lora_A.weight", rank, fan_in, False))
+                entries.append(Entry(f"{prefix}.lora_B.weight", rank, fan_out, True))
+        return cls(tuple(entries), rank, chunk)
+
+    @classmethod
+    def for_seed_model(cls, name: str, rank: int, **kw) -> "LoraLayout":
+        from transformers import Qwen2Config
+        if name not in SEED_CONFIGS:
+            raise KeyError(f"unknown seed model {name!r}; known: {', '.join(SEED_CONFIGS)}")
+        return cls.from_config(Qwen2Config(**SEED_CONFIGS[name]), rank=rank, **kw)
+
+    def tokens_per_entry(self, e: Entry) -> int:
+        return -(-e.cols // self.chunk)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.tokens_per_entry(e) for e in self.entries)
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        return (self.rank + 2, self.chunk)
+
+
+class LoRATokenizer2D:
+    """state dict ⇄ (n_tokens, r + 2, chunk) float tensor with NaN padding."""
+
+    def __init__(self, layout: LoraLayout, eps: float = 1e-8):
+        self.layout, self.eps = layout, eps
+
+    def tokenize(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        lay = self.layout
+        missing = [e.key for e in lay.entries if e.key not in state]
+        if missing:
+            raise KeyError(f"state dict lacks {len(missing)} LoRA tensor(s) of this layout, e.g. {missing[0]}; "
+                           f"was it trained with the same model, rank and targets?")
+        out = torch.full((lay.n_tokens, *lay.token_shape), float("nan"))
+        i = 0
+        for e in lay.entries:
+            m = state[e.key].detach().float().cpu()
+            m = m.T if e.transposed else m
+            if m.shape != (e.rows, e.cols):
+                raise ValueError(f"{e.key}: expected {(e.rows, e.cols)} after transposition, got {tuple(m.shape)}")
+            for j in range(0, e.cols, lay.chunk):
+                x = m[:, j:j + lay.chunk]
+                mean, std = x.mean(), x.std(unbiased=False).clamp_min(self.eps)
+                out[i, :e.rows, :x.shape[1]] = (x - mean) / std
+                out[i, e.rows, 0], out[i, e.rows + 1, 0] = mean, std
+                i += 1
+        return out
+
+    def detokenize(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tokens (real or generated) back to a peft state dict; NaN padding is ignored."""
+        lay = self.layout
+        if tuple(tokens.shape) != (lay.n_tokens, *lay.token_shape):
+            raise ValueError(f"expected tokens of shape {(lay.n_tokens, *lay.token_shape)}, got {tuple(tokens.shape)}")
+        state, i = {}, 0
+        for e in lay.entries:
+            parts = []
+            for j in range(0, e.cols, lay.chunk):
+                width = min(lay.chunk, e.cols - j)
+                t = tokens[i]
+                # a generated std may come out negative; its magnitude is the scale
+                parts.append(t[:e.rows, :width] * t[e.rows + 1, 0].abs() + t[e.rows, 0])
+                i += 1
+            m = torch.cat(parts, dim=1)
+            state[e.key] = (m.T if e.transposed else m).contiguous()
+        return state
+
+    def mask(self) -> torch.Tensor:
+        """True where a token holds data (the complement of the NaN padding): the loss mask."""
+        zeros = {e.key: torch.zeros((e.cols, e.rows) if e.transposed else (e.rows, e.cols)) for e in self.layout.entries}
+        return ~torch.isnan(self.tokenize(zeros))

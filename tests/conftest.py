@@ -1,0 +1,32 @@
+"""Shared fixtures: a private LLGBM_HOME per test (models linked from the real cache, so the
+SmolLM2 conversion happens once per machine), the tiny model, and a private reports folder."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def real_home():
+    from llgbm import models
+    models.resolve_model_path("smollm2")   # build the caches once, in the real home
+    models.resolve_model_path("tiny")
+    return models.model_cache_dir()
+
+
+@pytest.fixture
+def lab_home(tmp_path, monkeypatch, real_home):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(real_home, target_is_directory=True)
+    monkeypatch.setenv("LLGBM_HOME", str(home))
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setenv("LLGBM_DELTAS", str(tmp_path / "deltas"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(real_home):
+    from llgbm.models import load_model
+    return load_model("tiny", device="cpu")

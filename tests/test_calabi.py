@@ -1,0 +1,112 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from geomlib import calabi
+
+
+def _planted(m=96, n=80, k=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
+    s = torch.cat([torch.linspace(10, 8, k), torch.full((min(m, n) - k,), 0.05)])
+    lin = nn.Linear(n, m)
+    lin.weight.data = (u[:, :len(s)] * s) @ v[:, :len(s)].T
+    return lin, k
+
+
+def test_full_rank_reproduces_the_layer():
+    lin = nn.Linear(48, 40)
+    c = calabi.OptimizedCalabiYauLinear(lin, method="plain", rank=40, check_saving=False)
+    x = torch.randn(16, 48)
+    torch.testing.assert_close(c(x), lin(x), atol=1e-5, rtol=1e-5)
+
+
+def test_rank_selection_finds_a_planted_gap():
+    lin, k = _planted()
+    s = torch.linalg.svdvals(lin.weight)
+    assert calabi.spectral_gap_rank(s)[0] == k
+    assert calabi.select_rank(s, budget=40) == k
+    assert calabi.select_rank(s, budget=8) == 8                  # never above the ratio's budget
+    c = calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.3, method="energy_gap")
+    assert c.rank == k
+    x = torch.randn(8, 80)
+    assert ((c(x) - lin(x)).norm() / lin(x).norm()) < 0.02
+
+
+def test_ratio_means_parameters_removed_and_no_saving_is_refused():
+    assert calabi.rank_for_ratio(576, 576, 0.2) == 230            # ⌊576·576·0.8 / 1152⌋
+    assert calabi.break_even_rank(576, 1536) == pytest.approx(418.9, abs=0.1)
+    lin = nn.Linear(64, 64)
+    with pytest.raises(ValueError, match="saves nothing"):
+        calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.0, method="plain")
+    with pytest.raises(ValueError, match="fraction of parameters removed"):
+        calabi.OptimizedCalabiYauLinear(lin, compression_ratio=1.5)
+    c = calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.5, method="plain")
+    assert c.n_params() - 64 <= 0.5 * 64 * 64 + 64                # bias kept, weights halved or better
+
+
+def test_bias_correction_lowers_the_output_error_on_calibration_data():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    x = torch.randn(512, 64) + 3.0                                # inputs with a large mean
+    stats = calabi.CalibrationStats(64)
+    stats.update(x)
+    plain = calabi.OptimizedCalabiYauLinear(lin, 0.6, method="plain")
+    folded = calabi.OptimizedCalabiYauLinear(lin, 0.6, method="plain", calib=stats)
+    err = lambda c: (c(x) - lin(x)).pow(2).mean().item()   # noqa: E731
+    assert err(folded) < 0.8 * err(plain)
+
+
+def test_activation_aware_methods_beat_plain_on_anisotropic_inputs():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    x = torch.randn(1024, 64) * torch.logspace(-2, 1, 64)         # a few input directions dominate
+    stats = calabi.CalibrationStats(64)
+    stats.update(x)
+    err = {m: (calabi.OptimizedCalabiYauLinear(lin, 0.6, method=m, calib=stats, bias_correction=False)(x) - lin(x)).pow(2).mean().item()
+           for m in ("plain", "asvd", "svdllm")}
+    assert err["svdllm"] < err["plain"] and err["asvd"] < err["plain"]
+    assert err["svdllm"] <= err["asvd"] * 1.01                    # whitening is optimal for this objective
+
+
+def test_replace_linear_layers_skips_small_layers_and_counts():
+    model = nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 1024), nn.Linear(1024, 64))
+    n = calabi.OptimizedCYModelUtils.replace_linear_layers(model, compression_ratio=0.5, min_features=128)
+    assert n == 2
+    assert isinstance(model[0], calabi.OptimizedCalabiYauLinear) and isinstance(model[3], nn.Linear)
+    assert calabi.OptimizedCYModelUtils.count_parameters(model) < 0.55 * (2 * 1024 * 2048) + 1024 * 64 + 5000
+
+
+def test_compress_hf_model_on_tiny_and_on_minilm(real_home):
+    from llgbm.models import load_model
+    tiny, tok = load_model("tiny", device="cpu")
+    ids = tok(["Add 1 to the number."], return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = tiny(ids).logits
+    c = calabi.compress_hf_model(tiny, 0.3, min_features=32)
+    assert any(isinstance(m, calabi.OptimizedCalabiYauLinear) for m in c.modules())
+    with torch.no_grad():
+        assert torch.isfinite(c(ids).logits).all() and c(ids).logits.shape == ref.shape
+    mini = calabi.compress_hf_model("minilm", 0.2, min_features=128)
+    assert sum(isinstance(m, calabi.OptimizedCalabiYauLinear) for m in mini.modules()) >= 6 * 6  # 6 linears x 6 layers
+    with pytest.raises(FileNotFoundError, match="not a preset"):
+        calabi.compress_hf_model("/no/such/model", 0.2)
+
+
+def test_nan_is_rejected():
+    lin = nn.Linear(32, 32)
+    c = calabi.OptimizedCalabiYauLinear(lin, 0.5, method="plain")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        c(torch.full((2, 32), float("nan")))
+    lin.weight.data[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        calabi.OptimizedCalabiYauLinear(lin, 0.5)
+    with pytest.raises(ValueError, match="activation-aware"):
+        calabi.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="svdllm")
+
+
+def test_gradients_flow_through_the_factors():
+    c = calabi.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="plain")
+    norms = calabi.check_gradient_flow(c)
+    assert set(norms) >= {"U", "S", "V"}

@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llgbm import evaluation
+from llgbm.tasks import get_task
+
+
+def test_target_logprobs_match_full_logits(tiny):
+    """Reference check: logits at answer positions only == log-softmax of the full forward."""
+    model, tok = tiny
+    task = get_task("add_1")
+    enc = evaluation.encode_pairs(tok, task, task.test[:5])
+    batch = evaluation.build_batch(enc, tok.pad_token_id)
+    with torch.no_grad():
+        fast = evaluation.target_logprobs(model, batch)
+        logp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+    ref = [logp[i, j - 1, batch["input_ids"][i, j]] for i in range(5) for j in range(batch["input_ids"].shape[1])
+           if batch["target_mask"][i, j]]
+    torch.testing.assert_close(fast, torch.stack(ref), atol=1e-5, rtol=1e-5)
+    assert batch["target_mask"].sum() == sum(len(t) for _, t in enc)
+
+
+def test_greedy_answers_do_not_depend_on_padding(tiny):
+    model, tok = tiny
+    task = get_task("country_en_to_de")
+    inputs = ["Germany", "Bosnia and Herzegovina", "Chad"]   # different prompt lengths
+    batched = evaluation.greedy_answers(model, tok, task, inputs, max_new_tokens=4, batch_size=3)
+    alone = [evaluation.greedy_answers(model, tok, task, [x], max_new_tokens=4)[0] for x in inputs]
+    assert batched == alone
+
+
+def test_evaluate_task_scores_items(tiny):
+    model, tok = tiny
+    s = evaluation.evaluate_task(model, tok, get_task("add_1"), n=6)
+    assert s.correct.shape == s.loglik.shape == (6,)
+    assert 0.0 <= s.acc <= 1.0 and np.all(s.loglik < 0)
+    assert len(s.predictions) == 6
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    values = np.random.default_rng(0).normal(1.0, 1.0, 400)
+    lo, hi = evaluation.bootstrap_ci(values)
+    assert lo < values.mean() < hi and 0.1 < hi - lo < 0.4

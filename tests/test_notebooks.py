@@ -1,0 +1,92 @@
+"""Every notebook runs under papermill with the smoke profile; committed notebooks are clean."""
+import json
+from pathlib import Path
+
+import pytest
+
+from llgbm import report, run
+
+NOTEBOOKS = run.notebooks()
+REQUIRED = {
+    "00_baseline": {"n_tasks", "n_families", "n_heldout_tasks", "n_checkpoints", "base_acc_mean", "teacher_acc_mean",
+                    "base_loglik_mean", "teacher_loglik_mean", "zoo_tokens_per_s", "zoo_peak_fraction",
+                    "tokenizer_roundtrip_max_err", "generator_params", "heldout_items", "gap_recovery_loglik",
+                    "gap_recovery_loglik_ci_low", "gap_recovery_loglik_ci_high", "gap_recovery_acc",
+                    "gap_recovery_acc_ci_low", "gap_recovery_acc_ci_high", "generation_seconds",
+                    "teacher_train_seconds", "speedup"},
+    "01_delta_caching": {"silhouette_family", "silhouette_task", "silhouette_weights_family", "cache_speedup",
+                         "n_adapters", "n_identical_delta_pairs"},
+    "02_dataset": {"n_train_checkpoints", "n_heldout_checkpoints", "heldout_leak", "delta_from_tokens_cos",
+                   "weight_target_zero_pred_mse"},
+    "11_calabi": {"ppl_dense", "tokens_per_s_dense", "ppl_plain_20", "ppl_svdllm_40", "params_asvd_20",
+                  "ppl_energy_gap_20", "best_ppl_ratio_20"},
+}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_is_clean_and_parametrised(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code"), \
+        f"{nb.name} carries outputs: clear them before committing (results belong in reports/)"
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and 'profile = "quick"' in "".join(params[0]["source"])
+
+
+@pytest.fixture(scope="module")
+def suite_home(tmp_path_factory, real_home):
+    """One home for the whole notebook suite: later phases read the zoo and deltas of earlier ones."""
+    root = tmp_path_factory.mktemp("suite")
+    (root / "home").mkdir()
+    (root / "home" / "models").symlink_to(real_home, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLGBM_HOME", str(root / "home"))
+        mp.setenv("LLGBM_REPORTS", str(root / "reports"))
+        mp.setenv("LLGBM_DELTAS", str(root / "deltas"))
+        yield root
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])  # phase order: 00 builds the zoo
+def test_notebook_runs_under_smoke(nb, suite_home):
+    run.run_notebook(nb, "smoke", timeout=600)
+    out = suite_home / "reports" / "smoke" / nb.stem
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED[nb.stem] <= set(metrics), f"missing metrics: {REQUIRED[nb.stem] - set(metrics)}"
+    assert list(out.glob("*.png")), "the notebook saved no figure"
+    text = report.write_report("smoke", [nb]).read_text()
+    assert f"notebooks/{nb.name}" in text and "Claims ledger" in text
+
+
+def test_runner_stops_on_a_failing_notebook(tmp_path, monkeypatch, capsys):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('profile = "quick"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise RuntimeError('planted failure')"),
+        nbformat.v4.new_code_cell("open('never.txt', 'w')")],
+        metadata={"kernelspec": {"name": "llgbm", "display_name": "LLGBM Lab", "language": "python"}})
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, tmp_path / "nb" / "00_broken.ipynb")
+    nbformat.write(nb, tmp_path / "nb" / "01_after.ipynb")
+    monkeypatch.setattr(run, "NOTEBOOKS", tmp_path / "nb")
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path / "reports"))
+    assert run.main(["--profile", "smoke"]) == 1
+    err = capsys.readouterr().err
+    assert "00_broken.ipynb FAILED" in err and "planted failure" in err
+    assert not (tmp_path / "nb" / "never.txt").exists()
+    assert not (tmp_path / "reports" / "smoke" / "_executed" / "01_after.ipynb").exists()
+
+
+def test_runner_rejects_unknown_notebook():
+    with pytest.raises(SystemExit, match="unknown notebook"):
+        run.notebooks(["99_nothing"])
+
+
+def test_report_collects_metrics_tables_and_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    rep = report.NotebookReport("00_baseline", "smoke")
+    rep.log(a_metric=0.5, count=3)
+    rep.claim("X is faster", "seed 001", "refuted", "0.8x")
+    with pytest.raises(TypeError, match="must be a number"):
+        rep.log(bad="text")
+    text = report.write_report("smoke", [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]).read_text()
+    assert "| a_metric | 0.5 |" in text and "| X is faster | seed 001 | **refuted** | 0.8x |" in text
