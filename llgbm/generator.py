@@ -96,14 +96,19 @@ def token_weights(tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def weight_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
-                target_noise: float = 0.0) -> torch.Tensor:
-    """NaN-masked, per-token weighted MSE between generated and teacher tokens (B, T, R, C)."""
-    mask = ~torch.isnan(target)
-    target = torch.nan_to_num(target)
+                target_noise: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """NaN-masked, per-token weighted MSE between generated and teacher tokens (B, T, R, C).
+
+    Pass `mask` (True on data, broadcastable to the target) with a NaN-free target to skip the NaN
+    handling on every step: every checkpoint of one layout shares the same padding."""
+    if mask is None:
+        mask = ~torch.isnan(target)
+        target = torch.nan_to_num(target)
     if target_noise:
         target = target + target_noise * torch.randn_like(target)
-    err = (pred - target) ** 2 * mask
-    per_token = err.flatten(2).sum(2) / mask.flatten(2).sum(2).clamp_min(1)   # (B, T)
+    err = (pred - target).square_() * mask
+    counts = mask.expand_as(err).flatten(2).sum(2) if mask.dim() == err.dim() else mask.flatten(1).sum(1)
+    per_token = err.flatten(2).sum(2) / counts.clamp_min(1)    # (B, T)
     if weights is not None:
         per_token = per_token * weights
     return per_token.mean()

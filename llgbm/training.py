@@ -23,7 +23,7 @@ from .zoo import load_adapter_weights
 
 @dataclass
 class TrainingConfig:
-    steps: int = 400
+    steps: int = 250
     batch_size: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -51,6 +51,8 @@ class GeneratorData:
         self.tokens = torch.stack([lora_tokenizer.tokenize(load_adapter_weights(zoo_root / r["path"]))
                                    for r in self.rows])
         self.weights = token_weights(self.tokens)
+        self.mask = ~torch.isnan(self.tokens[0])      # one padding pattern per layout
+        self.tokens.nan_to_num_()                      # targets are NaN-free from here on; the mask remembers
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rng.integers(0, len(self.rows), size=batch_size)
@@ -70,7 +72,7 @@ def train_generator(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingCon
     gen.train()
     for _ in tqdm(range(cfg.steps), desc=f"generator seed {seed}", disable=not progress, leave=False):
         cond, target = data.batch(rng, cfg.batch_size)
-        loss = weight_loss(gen(cond), target, data.weights, gcfg.target_noise)
+        loss = weight_loss(gen(cond), target, data.weights, gcfg.target_noise, mask=data.mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

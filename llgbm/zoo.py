@@ -10,7 +10,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +51,9 @@ class ZooConfig:
         base = {
             "smoke": dict(steps=6, warmup=1, batch_size=4, n_checkpoints=2, save_every=3, eval_items=8,
                           tasks=("country_en_to_de", "country_en_to_it", "add_1", "add_3")),
-            # 24 of the 34 tasks (6 per family, both held-out tasks of each): the zoo must fit in
-            # ~15 of the quick profile's 60 minutes at ~190 training tokens/s on 2 cores.
-            "quick": dict(steps=30, batch_size=8, lr=3e-3, n_checkpoints=2, eval_items=40, tasks=QUICK_TASKS),
+            # 24 of the 34 tasks (6 per family, both held-out tasks of each). Measured on 2 cores:
+            # ~17 min of training at ~130-190 tokens/s plus ~6 min scoring checkpoints.
+            "quick": dict(steps=30, batch_size=8, lr=3e-3, n_checkpoints=2, eval_items=32, tasks=QUICK_TASKS),
             "full": dict(steps=200, seeds=(0, 1, 2), n_checkpoints=5, eval_items=100),
         }[check_profile(profile)]
         return replace(cls(**base), **overrides)
@@ -143,10 +143,12 @@ def _load_state(path: Path, model, opt):
 
 
 def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConfig, root: Path,
-                  stop_after: int | None = None, progress: bool = True) -> dict | None:
+                  stop_after: int | None = None, progress: bool = True, matmul_peak: float | None = None) -> dict | None:
     """Train (or resume, or skip if finished) one teacher run; return its run record.
 
-    `stop_after` interrupts the run after that many steps (used to test resume); returns None then."""
+    `stop_after` interrupts the run after that many steps (used to test resume); returns None then.
+    `matmul_peak` (FLOP/s, measured when training starts if not given) is stored with the record, so
+    the peak fraction always compares a throughput with the peak of the same machine and run."""
     run_dir = root / task_name / f"seed{seed}"
     record_path = run_dir / "run.json"
     if record_path.exists():
@@ -160,6 +162,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
         return record
     task = get_task(task_name)
     device = next(base_model.parameters()).device
+    matmul_peak = matmul_peak or measure_matmul_peak()
     torch.manual_seed(zlib.crc32(f"{task_name}/{seed}".encode()))
     model = get_peft_model(base_model, cfg.lora_config())
     try:
@@ -213,7 +216,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
                                     train_loss=float(np.mean(losses[max(0, step - 5):step])),
                                     test_acc=scores.acc, test_loglik=scores.loglik_mean))
         record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
-                      train_target_tokens=tokens[1],
+                      train_target_tokens=tokens[1], matmul_peak_flops=matmul_peak,
                       losses=losses, checkpoints=checkpoints, config=asdict(cfg))
         atomic_write_json(record_path, record)
         state_path.unlink(missing_ok=True)
@@ -233,10 +236,13 @@ def write_manifest(root: Path) -> list[dict]:
 
 def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool = True) -> list[dict]:
     """Train every (task, seed) run not yet finished; return the records of all runs."""
-    records = []
+    records, peak = [], None
     runs = [(t, s) for t in cfg.task_names() for s in cfg.seeds]
     for task_name, seed in tqdm(runs, desc="zoo", disable=not progress):
-        records.append(train_teacher(base_model, tokenizer, task_name, seed, cfg, root, progress=progress))
+        if peak is None and not (root / task_name / f"seed{seed}" / "run.json").exists():
+            peak = measure_matmul_peak()   # once, right before this process trains anything
+        records.append(train_teacher(base_model, tokenizer, task_name, seed, cfg, root, progress=progress,
+                                     matmul_peak=peak))
         write_manifest(root)
     return records
 
@@ -252,22 +258,29 @@ def training_flops_per_token(model_config, cfg: ZooConfig, target_fraction: floa
     return 4 * body + 4 * model_config.vocab_size * h * target_fraction
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 8) -> float:
-    """This machine's fp32 matmul throughput (FLOP/s), measured now, for the peak fraction."""
+def measure_matmul_peak(n: int = 2048, repeats: int = 4, trials: int = 5) -> float:
+    """This machine's fp32 matmul throughput (FLOP/s) now: the best of `trials` timings, since a
+    peak is what the hardware reaches, not the average over moments it was busy elsewhere."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return repeats * 2 * n ** 3 / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, repeats * 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
 
 
 def zoo_throughput(records: list[dict], model_config, cfg: ZooConfig) -> dict:
-    """Tokens/s and model FLOP/s over the given runs' own training time (eval and I/O excluded)."""
+    """Tokens/s, model FLOP/s and their fraction of the matmul peak measured when those runs trained,
+    over the runs' own training time (eval and I/O excluded)."""
     tokens = sum(r["train_tokens"] for r in records)
     seconds = sum(r["train_seconds"] for r in records)
     if not tokens or not seconds:
-        return dict(tokens_per_s=math.nan, flops_per_s=math.nan)
+        return dict(tokens_per_s=math.nan, flops_per_s=math.nan, peak_flops_per_s=math.nan, peak_fraction=math.nan)
     tps = tokens / seconds
     target_fraction = sum(r["train_target_tokens"] for r in records) / tokens
-    return dict(tokens_per_s=tps, flops_per_s=tps * training_flops_per_token(model_config, cfg, target_fraction))
+    flops = tps * training_flops_per_token(model_config, cfg, target_fraction)
+    peak = sum(r.get("matmul_peak_flops", math.nan) * r["train_seconds"] for r in records) / seconds
+    return dict(tokens_per_s=tps, flops_per_s=flops, peak_flops_per_s=peak, peak_fraction=flops / peak)

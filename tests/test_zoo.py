@@ -94,3 +94,28 @@ def test_flops_count_matches_the_parameter_count(real_home):
     per_token = zoo.training_flops_per_token(cfg, zoo.ZooConfig(), target_fraction=0.0)
     body = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
     assert per_token == 4 * body and 100e6 < body < 110e6   # ~106M non-embedding parameters
+
+
+def test_a_run_trained_under_another_config_is_refused_not_reused(tiny, lab_home):
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", steps=2, n_checkpoints=1, eval_items=2)
+    zoo.train_teacher(model, tok, "add_1", 0, cfg, lab_home / "z", progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        zoo.train_teacher(model, tok, "add_1", 0, zoo.ZooConfig.preset("smoke", steps=3, n_checkpoints=1),
+                          lab_home / "z", progress=False)
+    # eval size, tasks and seeds do not change what a run trains: same folder, same key
+    assert zoo.ZooConfig.preset("quick", eval_items=7, seeds=(5,)).training_key() == zoo.ZooConfig.preset("quick").training_key()
+    assert zoo.zoo_dir("quick", "smollm2") != zoo.zoo_dir("quick", "smollm2", zoo.ZooConfig.preset("quick", lr=1e-3))
+
+
+def test_throughput_uses_the_peak_measured_when_the_zoo_trained(tiny, lab_home, monkeypatch):
+    model, tok = tiny
+    calls = []
+    monkeypatch.setattr(zoo, "measure_matmul_peak", lambda: calls.append(1) or 1e11)
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3"), steps=2, n_checkpoints=1, eval_items=2)
+    recs = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
+    assert calls == [1] and all(r["matmul_peak_flops"] == 1e11 for r in recs)   # measured once, stored per run
+    again = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
+    assert calls == [1]                                                          # a finished zoo measures nothing
+    tp = zoo.zoo_throughput(again, model.config, cfg)
+    assert tp["peak_flops_per_s"] == 1e11 and tp["peak_fraction"] == pytest.approx(tp["flops_per_s"] / 1e11)
