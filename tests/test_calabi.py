@@ -110,3 +110,11 @@ def test_gradients_flow_through_the_factors():
     c = calabi.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="plain")
     norms = calabi.check_gradient_flow(c)
     assert set(norms) >= {"U", "S", "V"}
+
+
+def test_the_seed_demo_runs_as_a_module():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "geomlib.calabi"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Compressed 2 layers" in out.stdout and "ratio 0.5: rank 256" in out.stdout
