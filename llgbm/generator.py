@@ -25,7 +25,6 @@ class GeneratorConfig:
     enc_dim: int = 384             # MiniLM hidden size
     channels: tuple[int, ...] = (64, 256)   # hidden channel widths; the last block maps to n_tokens
     hidden_hw: tuple[int, int] = (16, 128)  # spatial size of the hidden maps
-    dropout: float = 0.0
     cond_noise: float = 1e-4       # DnD's noise on the condition ...
     target_noise: float = 1e-5     # ... and on the target tokens
 

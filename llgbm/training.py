@@ -51,7 +51,7 @@ class GeneratorData:
         self.tokens = torch.stack([lora_tokenizer.tokenize(load_adapter_weights(zoo_root / r["path"]))
                                    for r in self.rows])
         self.weights = token_weights(self.tokens)
-        self.mask = ~torch.isnan(self.tokens[0])      # one padding pattern per layout
+        self.mask = lora_tokenizer.mask()              # one padding pattern per layout
         self.tokens.nan_to_num_()                      # targets are NaN-free from here on; the mask remembers
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

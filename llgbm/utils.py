@@ -99,11 +99,3 @@ def hash_folder(path: Path | str) -> str:
         h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def hash_tensors(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
