@@ -27,6 +27,7 @@ class GeneratorConfig:
     hidden_hw: tuple[int, int] = (16, 128)  # spatial size of the hidden maps
     cond_noise: float = 1e-4       # DnD's noise on the condition ...
     target_noise: float = 1e-5     # ... and on the target tokens
+    init_scale: float = 1e-3       # the last map's initial weights are scaled by this (see HyperConvGenerator)
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "GeneratorConfig":
@@ -72,11 +73,26 @@ class HyperConvGenerator(nn.Module):
         blocks = [HyperConvBlock(chans[i], chans[i + 1], hws[i], hws[i + 1]) for i in range(len(cfg.channels))]
         blocks.append(HyperConvBlock(chans[-1], n_tokens, hws[-1], self.token_shape, last=True))
         self.blocks = nn.Sequential(*blocks)
+        # Output = offset + a learned correction. The offset is set to the mean teacher token by
+        # `set_offset`, and the last map starts near zero, so training starts from an adapter of the
+        # teachers' scale. From a random start, the std row of every token would be O(1) against
+        # teacher stds of O(0.01): LoRA weights ~100× too large, and deltas (phases 3–5) that dwarf
+        # the teachers'.
+        self.register_buffer("offset", torch.zeros(n_tokens, *self.token_shape))
+        last = self.blocks[-1].channel
+        with torch.no_grad():
+            last.weight.mul_(cfg.init_scale)
+            last.bias.zero_()
+
+    def set_offset(self, mean_token: torch.Tensor) -> None:
+        if tuple(mean_token.shape) != tuple(self.offset.shape):
+            raise ValueError(f"offset must have shape {tuple(self.offset.shape)}, got {tuple(mean_token.shape)}")
+        self.offset.copy_(torch.nan_to_num(mean_token))
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         if self.training and self.cfg.cond_noise:
             cond = cond + self.cfg.cond_noise * torch.randn_like(cond)
-        return self.blocks(cond)
+        return self.blocks(cond) + self.offset
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

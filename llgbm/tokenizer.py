@@ -113,18 +113,38 @@ class LoRATokenizer2D:
         lay = self.layout
         if tuple(tokens.shape) != (lay.n_tokens, *lay.token_shape):
             raise ValueError(f"expected tokens of shape {(lay.n_tokens, *lay.token_shape)}, got {tuple(tokens.shape)}")
-        state, i = {}, 0
-        for e in lay.entries:
-            parts = []
-            for j in range(0, e.cols, lay.chunk):
-                width = min(lay.chunk, e.cols - j)
-                t = tokens[i]
-                # a generated std may come out negative; its magnitude is the scale
-                parts.append(t[:e.rows, :width] * t[e.rows + 1, 0].abs() + t[e.rows, 0])
-                i += 1
-            m = torch.cat(parts, dim=1)
-            state[e.key] = (m.T if e.transposed else m).contiguous()
-        return state
+        return {k: v[0] for k, v in self.detokenize_batch(tokens[None]).items()}
+
+    def detokenize_batch(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, n_tokens, r + 2, chunk) -> a state dict whose tensors have a leading dimension N.
+
+        One scale-and-shift over all tokens and one gather, so it is cheap to differentiate through
+        (a per-chunk loop would put thousands of small ops in the generator's backward pass)."""
+        lay, r = self.layout, self.layout.rank
+        if tokens.dim() != 4 or tuple(tokens.shape[1:]) != (lay.n_tokens, *lay.token_shape):
+            raise ValueError(f"expected tokens of shape (N, {lay.n_tokens}, {lay.token_shape[0]}, {lay.token_shape[1]}), "
+                             f"got {tuple(tokens.shape)}")
+        # a generated std may come out negative; its magnitude is the scale
+        values = tokens[:, :, :r] * tokens[:, :, r + 1, :1, None].abs() + tokens[:, :, r, :1, None]
+        index, shapes = self._gather_index(tokens.device)
+        flat = values.flatten(1)[:, index]
+        parts = torch.split(flat, [a * b for a, b in shapes.values()], dim=1)
+        return {k: p.reshape(len(tokens), *shape) for (k, shape), p in zip(shapes.items(), parts)}
+
+    def _gather_index(self, device) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """Flat positions in the (n_tokens, r, chunk) value grid of every LoRA element, in state-dict order."""
+        if getattr(self, "_index", None) is None or self._index.device != device:
+            lay, r, c = self.layout, self.layout.rank, self.layout.chunk
+            pieces, shapes, start = [], {}, 0
+            for e in lay.entries:
+                col = torch.arange(e.cols)
+                idx = ((start + col // c)[None, :] * r + torch.arange(e.rows)[:, None]) * c + (col % c)[None, :]
+                idx = idx.T if e.transposed else idx
+                pieces.append(idx.reshape(-1))
+                shapes[e.key] = tuple(idx.shape)
+                start += lay.tokens_per_entry(e)
+            self._index, self._shapes = torch.cat(pieces).to(device), shapes
+        return self._index, self._shapes
 
     def mask(self) -> torch.Tensor:
         """True where a token holds data (the complement of the NaN padding): the loss mask."""

@@ -30,3 +30,19 @@ def lab_home(tmp_path, monkeypatch, real_home):
 def tiny(real_home):
     from llgbm.models import load_model
     return load_model("tiny", device="cpu")
+
+
+@pytest.fixture
+def tiny_zoo(tiny, lab_home):
+    """A three-task zoo of the tiny model (two training tasks, one held out) with its generic-probe deltas."""
+    from llgbm import delta, zoo
+    from llgbm.probes import create_generic_probes
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3", "country_en_to_de"), steps=3, n_checkpoints=2,
+                               eval_items=2, lr=5e-2)
+    root = lab_home / "zoo"
+    zoo.build_zoo(model, tok, cfg, root, progress=False)
+    manifest = zoo.write_manifest(root)
+    deltas, cache = delta.zoo_deltas(model, tok, root, manifest, create_generic_probes(), "tiny-fp",
+                                     cache_root=lab_home / "deltas", progress=False)
+    return root, manifest, deltas, cache

@@ -8,19 +8,6 @@ from llgbm.tasks import get_task
 from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
 
 
-@pytest.fixture
-def tiny_zoo(tiny, lab_home):
-    model, tok = tiny
-    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3", "country_en_to_de"), steps=3, n_checkpoints=2,
-                               eval_items=2, lr=5e-2)
-    root = lab_home / "zoo"
-    zoo.build_zoo(model, tok, cfg, root, progress=False)
-    manifest = zoo.write_manifest(root)
-    deltas, cache = delta.zoo_deltas(model, tok, root, manifest, create_generic_probes(), "tiny-fp",
-                                     cache_root=lab_home / "deltas", progress=False)
-    return root, manifest, deltas, cache
-
-
 def test_heldout_tasks_never_in_training_split(tiny, tiny_zoo):
     root, manifest, deltas, _ = tiny_zoo
     tok = LoRATokenizer2D(LoraLayout.from_config(tiny[0].config))

@@ -18,6 +18,13 @@ REQUIRED = {
                          "n_adapters", "n_identical_delta_pairs"},
     "02_dataset": {"n_train_checkpoints", "n_heldout_checkpoints", "heldout_leak", "delta_from_tokens_cos",
                    "weight_target_zero_pred_mse"},
+    "03_differentiable_delta": {"functional_vs_peft_max_abs_diff", "functional_call_vs_peft_max_abs_diff",
+                                "functional_overhead_ratio", "backward_over_forward", "grad_norm_min_block"},
+    "04_multitask": {"weight_loss_first", "weight_loss_last", "delta_loss_first", "delta_loss_last", "heldout_delta_cos"},
+    "04b_ablations": {f"{m}_{o}_{s}" for m in ("delta_cos", "gap_recovery") for o in ("weight", "multitask", "delta")
+                      for s in ("mean", "std")} | {"p_value_delta_vs_weight", "p_value_multitask_vs_weight"},
+    "05_delta_only": {"gap_recovery_long", "gap_recovery_long_ci_low", "gap_recovery_long_ci_high", "delta_cos_long",
+                      "loglik_diff_vs_baseline"},
     "11_calabi": {"ppl_dense", "tokens_per_s_dense", "ppl_plain_20", "ppl_svdllm_40", "params_asvd_20",
                   "ppl_energy_gap_20", "best_ppl_ratio_20"},
 }

@@ -1,0 +1,86 @@
+"""Generator training under `accelerate launch` (DDP), e.g. on 2 CPU processes:
+
+    accelerate launch --multi_gpu --num_processes 2 -m llgbm.ddp --profile smoke --objective multitask --out runs/ddp
+
+(without a GPU, `--multi_gpu` gives accelerate's multi-CPU mode over gloo). Each process draws its own
+batches; DDP averages the gradients, so every rank ends with the same generator. Each rank writes its
+final weights to OUT/rank<i>.safetensors and the batches it drew to OUT/batches.txt (one line a rank),
+so the result can be checked; rank 0 also writes the initial weights and the run's checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import save_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
+    p.add_argument("--zoo", default=None, help="zoo folder (default: the profile's zoo under LLGBM_HOME)")
+    p.add_argument("--deltas", default=None, help="DeltaCache folder (default: LLGBM_DELTAS or the repo's deltas/)")
+    p.add_argument("--objective", default="multitask", choices=["weight", "multitask", "delta"])
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from . import delta, models, probes, training, zoo
+    from .generator import GeneratorConfig, HyperConvGenerator
+    from .tokenizer import LoraLayout, LoRATokenizer2D
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = args.model or models.MODEL_FOR_PROFILE[args.profile]
+    zcfg = zoo.ZooConfig.preset(args.profile)
+    root = Path(args.zoo) if args.zoo else zoo.zoo_dir(args.profile, model_name, zcfg)
+    manifest = zoo.write_manifest(root) if root.exists() else []
+    if not manifest:
+        raise SystemExit(f"no teacher zoo at {root}: run notebooks/00_baseline.ipynb with profile={args.profile!r} first")
+    model, tok = models.load_model(model_name)
+    lora_tok = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets))
+    generic = probes.create_generic_probes()
+    deltas, _ = delta.zoo_deltas(model, tok, root, manifest, generic, models.model_fingerprint(model_name),
+                                 cache_root=args.deltas, progress=False)
+    gcfg = GeneratorConfig.preset(args.profile)
+    data = training.GeneratorData(models.load_encoder(), root, manifest, lora_tok, gcfg, deltas)
+    sup = training.DeltaSupervision(model, tok, generic, zcfg.lora_config(), lora_tok)
+    cfg = training.TrainingConfig.preset(args.profile, args.objective, **({"steps": args.steps} if args.steps else {}))
+
+    drawn = []
+    batch = data.batch
+
+    def recording_batch(rng, batch_size):      # remember which checkpoints this rank trained on
+        peek = np.random.default_rng()
+        peek.bit_generator.state = rng.bit_generator.state
+        drawn.append(peek.integers(0, len(data.rows), size=batch_size).tolist())
+        return batch(rng, batch_size)
+    data.batch = recording_batch
+
+    if acc.is_main_process:                    # the weights train() starts from, for the record
+        torch.manual_seed(args.seed)
+        init = HyperConvGenerator(gcfg, data.tokens.shape[1], data.tokens.shape[2:])
+        init.set_offset(data.tokens.mean(0))
+        save_file({k: v.contiguous() for k, v in init.state_dict().items()}, str(out / "init.safetensors"))
+    res = training.train(data, gcfg, cfg, args.seed, sup, run_dir=out / "run", accelerator=acc, progress=False)
+    save_file({k: v.contiguous() for k, v in res.generator.state_dict().items()}, str(out / f"rank{acc.process_index}.safetensors"))
+    gathered = [None] * acc.num_processes
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(gathered, drawn)
+    else:
+        gathered = [drawn]
+    if acc.is_main_process:
+        (out / "batches.txt").write_text("".join(json.dumps(d) + "\n" for d in gathered))
+    acc.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llgbm import generator, models, training
+from llgbm.probes import create_generic_probes
+from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
+from llgbm.zoo import ZooConfig
+
+GCFG = generator.GeneratorConfig.preset("smoke")
+
+
+@pytest.fixture
+def setup(tiny, tiny_zoo):
+    model, tok = tiny
+    root, manifest, deltas, _ = tiny_zoo
+    lora_tok = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=ZooConfig.preset("smoke").rank))
+    data = training.GeneratorData(models.load_encoder(), root, manifest, lora_tok, GCFG, deltas)
+    sup = training.DeltaSupervision(model, tok, create_generic_probes(), ZooConfig.preset("smoke").lora_config(), lora_tok)
+    yield data, sup
+    model.requires_grad_(True)     # DeltaSupervision froze the shared tiny model
+
+
+def test_objectives_and_presets():
+    cfg = training.TrainingConfig.preset("quick", "multitask")
+    assert (cfg.lambda_w, cfg.lambda_d, cfg.objective) == (1.0, 1.0, "multitask")
+    assert training.TrainingConfig.preset("smoke", "delta").objective == "delta"
+    assert len(training.TrainingConfig.preset("quick").seeds) >= 3
+    with pytest.raises(ValueError, match="unknown objective"):
+        training.TrainingConfig.preset("quick", "behaviour")
+    with pytest.raises(ValueError, match="not both 0"):
+        training.MultiTaskLoss(0.0, 0.0)
+    loss = training.DeltaOnlyLoss()
+    assert (loss.lambda_w, loss.lambda_d) == (0.0, 1.0)
+    t = torch.randn(3, 8)
+    assert training.delta_loss(torch.zeros(3, 8), t).item() == pytest.approx(1.0)
+    assert training.delta_loss(t, t).item() == 0.0
+
+
+def test_delta_step_changes_generator_and_lowers_loss(setup):
+    data, sup = setup
+    torch.manual_seed(0)
+    gen = generator.HyperConvGenerator(GCFG, data.tokens.shape[1], data.tokens.shape[2:]).eval()
+    gen.set_offset(data.tokens.mean(0))
+    cond, _, target_delta = data.batch(np.random.default_rng(0), 2)
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    losses = []
+    for _ in range(3):
+        loss = training.delta_loss(sup(gen(cond)), target_delta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    after = training.delta_loss(sup(gen(cond)), target_delta).item()
+    assert after < losses[0]
+    changed = [k for k, v in gen.state_dict().items() if k != "offset" and not torch.equal(v, before[k])]
+    assert len(changed) == len([k for k in before if k != "offset"])
+    assert all(p.grad is None for p in sup.flora.model.parameters())   # the base model stays frozen
+
+
+def test_resume_reproduces_the_same_steps(setup, tmp_path):
+    data, sup = setup
+    cfg = training.TrainingConfig.preset("smoke", "multitask", steps=3, ckpt_every=2)
+    straight = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "a", progress=False)
+    training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "b", progress=False)
+    (tmp_path / "b" / "step_000003.pt").unlink()          # as if interrupted after the step-2 checkpoint
+    resumed = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 2
+    for k, v in straight.generator.state_dict().items():
+        assert torch.equal(v, resumed.generator.state_dict()[k]), k
+    assert resumed.history["loss"] == straight.history["loss"]
+    again = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "a", progress=False)   # finished: loaded
+    assert again.resumed_from == 3 and not again.history["seconds"][3:]
+    longer = training.train(data, GCFG, training.TrainingConfig.preset("smoke", "multitask", steps=5, ckpt_every=2), 0, sup,
+                            run_dir=tmp_path / "a", progress=False)
+    assert longer.resumed_from == 3 and len(longer.history["loss"]) == 5
+
+
+def test_run_folders_are_keyed_by_what_changes_training(setup):
+    data, sup = setup
+    w = training.TrainingConfig.preset("smoke", "weight")
+    key = lambda cfg, seed=0: training.run_dir_for(data, GCFG, cfg, seed, sup).name
+    assert key(w) == key(training.TrainingConfig.preset("smoke", "weight", steps=50))   # longer: same run, continued
+    assert key(w) != key(w, seed=1) and key(w) != key(w.with_objective("delta"))
+    assert key(w) != key(training.TrainingConfig.preset("smoke", "weight", lr=1e-2))
+
+
+def test_training_needs_deltas_for_a_delta_objective(setup):
+    data, sup = setup
+    with pytest.raises(ValueError, match="DeltaSupervision"):
+        training.train(data, GCFG, training.TrainingConfig.preset("smoke", "delta"), 0, None, progress=False)
+
+
+def test_ddp_two_cpu_processes_end_with_identical_generators(setup, tmp_path, lab_home):
+    """`accelerate launch` with 2 CPU processes (gloo): different batches per rank, averaged gradients."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLGBM_HOME=str(lab_home))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llgbm.ddp", "--profile", "smoke", "--model", "tiny",
+           "--zoo", str(lab_home / "zoo"), "--deltas", os.environ["LLGBM_DELTAS"], "--objective", "multitask",
+           "--steps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    init = load_file(str(out / "init.safetensors"))
+    assert any(not torch.equal(init[k], ranks[0][k]) for k in init)       # and they did train
+    assert (out / "batches.txt").read_text().count("\n") == 2
+    lines = (out / "batches.txt").read_text().splitlines()
+    assert lines[0] != lines[1], "both ranks drew the same batches"
