@@ -43,7 +43,11 @@ OBJECTIVES = {"weight": (1.0, 0.0), "multitask": (1.0, 1.0), "delta": (0.0, 1.0)
 class TrainingConfig:
     steps: int = 80
     batch_size: int = 4                    # checkpoints per step (per process under DDP)
-    lr: float = 3e-4                       # 1e-3 made the delta loss diverge after ~10 steps (SmolLM2, quick)
+    lr: float = 3e-4                       # weight-only (phase 0)
+    delta_lr: float = 1e-4                 # when λ_d > 0. On SmolLM2 (quick) the delta loss went 0.94 -> 10 within
+                                           # 8 steps at 3e-4 and never came back; at 1e-4 and 3e-5 it falls to ~0.7
+                                           # in 24 steps. Weight-only keeps its own (higher) rate: the comparison
+                                           # gives each objective a rate it trains at.
     warmup: int = 10                       # linear warmup, then constant
     weight_decay: float = 1e-4
     clip_norm: float = 1.0                 # gradient-norm clipping
@@ -71,10 +75,15 @@ class TrainingConfig:
         return next((k for k, v in OBJECTIVES.items() if v == (self.lambda_w, self.lambda_d)),
                     f"λw={self.lambda_w:g},λd={self.lambda_d:g}")
 
+    @property
+    def effective_lr(self) -> float:
+        """The peak learning rate this objective trains at: `delta_lr` when the delta term is on, else `lr`."""
+        return self.delta_lr if self.lambda_d > 0 else self.lr
+
     def run_key(self) -> dict:
         """The fields that change what a run computes (not how long, how it is saved or evaluated)."""
-        return {k: getattr(self, k) for k in ("batch_size", "lr", "warmup", "weight_decay", "clip_norm", "lambda_w",
-                                              "lambda_d")}
+        key = {k: getattr(self, k) for k in ("batch_size", "warmup", "weight_decay", "clip_norm", "lambda_w", "lambda_d")}
+        return dict(key, lr=self.effective_lr)
 
 
 # ------------------------------------------------------------------ data
@@ -222,7 +231,7 @@ def _save(run_dir: Path, step: int, gen, opt, history: dict, keep: int = 2) -> N
 
 
 def _lr_at(cfg: TrainingConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    return cfg.effective_lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
 def train(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingConfig, seed: int,
@@ -244,7 +253,7 @@ def train(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingConfig, seed:
     torch.manual_seed(seed)
     gen = HyperConvGenerator(gcfg, data.tokens.shape[1], data.tokens.shape[2:])
     gen.set_offset(data.tokens.mean(0))                    # start from the mean teacher token
-    opt = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(gen.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
     history = {"loss": [], "weight": [], "delta": [], "seconds": []}
     start = 0
     usable = {s: p for s, p in _checkpoints(run_dir).items() if s <= cfg.steps}

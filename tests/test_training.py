@@ -90,6 +90,13 @@ def test_run_folders_are_keyed_by_what_changes_training(setup):
     assert key(w) == key(training.TrainingConfig.preset("smoke", "weight", steps=50))   # longer: same run, continued
     assert key(w) != key(w, seed=1) and key(w) != key(w.with_objective("delta"))
     assert key(w) != key(training.TrainingConfig.preset("smoke", "weight", lr=1e-2))
+    # Each objective trains at its own rate: `lr` without a delta term, `delta_lr` with one; a rate the
+    # objective does not use leaves its runs where they are.
+    d = training.TrainingConfig.preset("smoke", "delta")
+    assert (w.effective_lr, d.effective_lr) == (w.lr, d.delta_lr) and d.delta_lr != d.lr
+    assert key(w) == key(training.TrainingConfig.preset("smoke", "weight", delta_lr=1e-2))
+    assert key(d) == key(training.TrainingConfig.preset("smoke", "delta", lr=1e-2))
+    assert key(d) != key(training.TrainingConfig.preset("smoke", "delta", delta_lr=1e-2))
 
 
 def test_training_needs_deltas_for_a_delta_objective(setup):
