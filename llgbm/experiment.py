@@ -118,3 +118,20 @@ def paired_permutation_test(a, b, n_perm: int = 20000, seed: int = 0) -> float:
         signs = np.random.default_rng(seed).choice([-1, 1], size=(n_perm, n))
     null = np.abs((signs * d).mean(1))
     return float((null >= observed - 1e-12).mean())
+
+
+def comparison_verdict(effects: dict[str, tuple[float, float]]) -> str:
+    """Verdict on "A beats B" from a 95% interval of A − B per metric (each oriented so that higher is
+    better): "supported" when some interval lies above 0 and none below, "refuted" when some lies below
+    and none above, "mixed" (naming which) when they disagree, "inconclusive" when all contain 0."""
+    if not effects:
+        raise ValueError("no metrics to compare: pass {metric name: (low, high)}")
+    better = [k for k, (lo, hi) in effects.items() if lo > 0]
+    worse = [k for k, (lo, hi) in effects.items() if hi < 0]
+    if better and worse:
+        return f"mixed: better on {', '.join(better)}; worse on {', '.join(worse)}"
+    if better:
+        return "supported"
+    if worse:
+        return "refuted"
+    return "inconclusive (every interval includes 0)"
