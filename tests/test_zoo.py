@@ -118,4 +118,5 @@ def test_throughput_uses_the_peak_measured_when_the_zoo_trained(tiny, lab_home, 
     again = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
     assert calls == [1]                                                          # a finished zoo measures nothing
     tp = zoo.zoo_throughput(again, model.config, cfg)
-    assert tp["peak_flops_per_s"] == 1e11 and tp["peak_fraction"] == pytest.approx(tp["flops_per_s"] / 1e11)
+    # The peak is a train-time-weighted mean over runs, so compare up to float rounding.
+    assert tp["peak_flops_per_s"] == pytest.approx(1e11, rel=1e-12) and tp["peak_fraction"] == pytest.approx(tp["flops_per_s"] / 1e11)
