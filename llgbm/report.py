@@ -11,6 +11,7 @@ from pathlib import Path
 from .utils import atomic_write_bytes, atomic_write_json, check_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SUITE_BUDGET_S = {"quick": 60 * 60}   # the brief's budget for the whole quick suite on 2 cores
 
 
 def reports_root() -> Path:
@@ -103,7 +104,12 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
                   "a finished zoo or a warm DeltaCache skips that work, and its time says so.", "",
                   "| notebook | seconds | finished |", "|---|---|---|"]
         lines += [f"| {k} | {v['seconds']:.0f} | {v['finished']} |" for k, v in sorted(timings.items())]
-        lines += [f"| **total** | {sum(v['seconds'] for v in timings.values()):.0f} | |", ""]
+        total = sum(v['seconds'] for v in timings.values())
+        lines += [f"| **total** | {total:.0f} | |", ""]
+        if profile in SUITE_BUDGET_S:
+            budget = SUITE_BUDGET_S[profile]
+            lines += [f"Budget for the whole `{profile}` suite: {budget / 60:.0f} min on 2 cores. These runs took "
+                      f"{total / 60:.0f} min: **{'within budget' if total <= budget else 'over budget'}**.", ""]
     lines += ["## Claims ledger", ""]
     if claims:
         lines += ["| claim | source | measured verdict | evidence |", "|---|---|---|---|"]

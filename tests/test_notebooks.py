@@ -97,3 +97,13 @@ def test_report_collects_metrics_tables_and_claims(tmp_path, monkeypatch):
         rep.log(bad="text")
     text = report.write_report("smoke", [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]).read_text()
     assert "| a_metric | 0.5 |" in text and "| X is faster | seed 001 | **refuted** | 0.8x |" in text
+
+
+def test_report_states_the_suite_budget_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
+    for seconds, verdict in [(1800, "within budget"), (4000, "over budget")]:
+        run.record_timing("quick", "00_baseline", seconds)
+        assert f"**{verdict}**" in report.write_report("quick", nb).read_text()
+    run.record_timing("smoke", "00_baseline", 5)          # smoke has no suite budget: no verdict line
+    assert "budget**" not in report.write_report("smoke", nb).read_text()
