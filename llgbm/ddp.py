@@ -31,28 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
-    from . import delta, models, probes, training, zoo
-    from .generator import GeneratorConfig, HyperConvGenerator
-    from .tokenizer import LoraLayout, LoRATokenizer2D
+    from . import training
+    from .experiment import GeneratorLab
+    from .generator import HyperConvGenerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_name = args.model or models.MODEL_FOR_PROFILE[args.profile]
-    zcfg = zoo.ZooConfig.preset(args.profile)
-    root = Path(args.zoo) if args.zoo else zoo.zoo_dir(args.profile, model_name, zcfg)
-    manifest = zoo.write_manifest(root) if root.exists() else []
-    if not manifest:
-        raise SystemExit(f"no teacher zoo at {root}: run notebooks/00_baseline.ipynb with profile={args.profile!r} first")
-    model, tok = models.load_model(model_name)
-    lora_tok = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets))
-    generic = probes.create_generic_probes()
-    deltas, _ = delta.zoo_deltas(model, tok, root, manifest, generic, models.model_fingerprint(model_name),
-                                 cache_root=args.deltas, progress=False)
-    gcfg = GeneratorConfig.preset(args.profile)
-    data = training.GeneratorData(models.load_encoder(), root, manifest, lora_tok, gcfg, deltas)
-    sup = training.DeltaSupervision(model, tok, generic, zcfg.lora_config(), lora_tok)
-    cfg = training.TrainingConfig.preset(args.profile, args.objective, **({"steps": args.steps} if args.steps else {}))
+    try:
+        lab = GeneratorLab.load(args.profile, args.model, zoo_root=args.zoo, cache_root=args.deltas)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    data, gcfg = lab.data, lab.gcfg
+    cfg = lab.config(args.objective, **({"steps": args.steps} if args.steps else {}))
+    sup = lab.supervision
 
     drawn = []
     batch = data.batch

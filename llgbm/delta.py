@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import hashlib
 import io
+import itertools
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig
+from tqdm.auto import tqdm
 
-from .evaluation import backbone_and_head
-from .report import REPO_ROOT
-from .utils import atomic_write_bytes, hash_bytes
-from .zoo import load_adapter_weights
+from .lora import lora_applied
+from .models import backbone_and_head
+from .utils import REPO_ROOT, atomic_write_bytes, hash_bytes
 
 
 def probe_hash(probes: list[str]) -> str:
@@ -52,30 +53,6 @@ def last_token_states(model, tokenizer, texts: list[str], batch_size: int = 16) 
 def compute_base_activation(model, tokenizer, probes: list[str], batch_size: int = 16) -> np.ndarray:
     """v(base): the mean last-token state over the probes. Compute once per (model, probes)."""
     return last_token_states(model, tokenizer, probes, batch_size).mean(0).numpy()
-
-
-@contextlib.contextmanager
-def lora_applied(model, adapter: Path | str | dict, lora_config: LoraConfig | None = None):
-    """The base model with LoRA weights applied (a zoo adapter folder, or a peft state dict plus its
-    LoraConfig); the base model is left clean afterwards."""
-    if isinstance(adapter, dict):
-        if lora_config is None:
-            raise ValueError("a LoRA state dict needs its LoraConfig (rank, alpha, targets)")
-        weights = adapter
-    else:
-        lora_config = LoraConfig.from_pretrained(str(adapter))
-        weights = load_adapter_weights(adapter)   # refuses NaN/Inf
-    peft_model = get_peft_model(model, lora_config)
-    try:
-        set_peft_model_state_dict(peft_model, weights)
-        peft_model.eval()
-        yield peft_model
-    finally:
-        peft_model.unload()
-        del peft_model, weights
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def compute_adapter_delta(model, tokenizer, adapter: Path | str | dict, probes: list[str],
@@ -171,7 +148,6 @@ class DeltaCache:
 def zoo_deltas(model, tokenizer, zoo_root: Path, manifest: list[dict], probes: list[str], model_fingerprint: str,
                cache_root: Path | str | None = None, progress: bool = True) -> tuple[np.ndarray, DeltaCache]:
     """Deltas of every zoo checkpoint in manifest order, served from (and filling) the cache."""
-    from tqdm.auto import tqdm
     cache = DeltaCache(model_fingerprint, probes, cache_root)
     base = None
     rows = []
@@ -183,3 +159,28 @@ def zoo_deltas(model, tokenizer, zoo_root: Path, manifest: list[dict], probes: l
             return compute_adapter_delta(model, tokenizer, zoo_root / row["path"], probes, base)
         rows.append(cache.get_or_compute(row["hash"], compute, task=row["task"], step=row["step"], seed=row["seed"]))
     return np.stack(rows), cache
+
+
+def cache_timing(model, tokenizer, zoo_root: Path, rows: list[dict], probes: list[str], cache: DeltaCache) -> dict:
+    """Seconds per adapter to recompute a delta outside the cache against serving it from the cache,
+    and the largest difference between the two (the rows must already be cached)."""
+    base = compute_base_activation(model, tokenizer, probes)
+    t0 = time.perf_counter()
+    recomputed = [compute_adapter_delta(model, tokenizer, zoo_root / r["path"], probes, base) for r in rows]
+    compute_s = (time.perf_counter() - t0) / len(rows)
+    t0 = time.perf_counter()
+    served = [cache.get(r["hash"]) for r in rows]
+    hit_s = (time.perf_counter() - t0) / len(rows)
+    if any(s is None for s in served):
+        raise ValueError("cache_timing needs every row cached: run zoo_deltas with this cache first")
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(recomputed, served))
+    return dict(compute_s=compute_s, hit_s=hit_s, speedup=compute_s / hit_s, max_abs_diff=diff)
+
+
+def identical_deltas(deltas: np.ndarray, hashes: list[str]) -> dict:
+    """Among pairs of adapters with different content, how many share a bit-identical delta (the
+    public attempt's failure), and how close the closest pair comes (max |Δ_i − Δ_j|)."""
+    pairs = [(i, j) for i, j in itertools.combinations(range(len(hashes)), 2) if hashes[i] != hashes[j]]
+    identical = sum(np.array_equal(deltas[i], deltas[j]) for i, j in pairs)
+    closest = min((float(np.abs(deltas[i] - deltas[j]).max()) for i, j in pairs), default=float("nan"))
+    return dict(pairs=len(pairs), identical=int(identical), closest_max_abs_diff=closest)

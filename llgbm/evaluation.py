@@ -1,5 +1,5 @@
 """Scoring a model on a task: batched greedy exact-match accuracy and the mean log-likelihood of
-the gold answer (a smooth metric that moves before accuracy does), plus bootstrap intervals.
+the gold answer (a smooth metric that moves before accuracy does), with or without an adapter.
 
 The lm_head runs only at answer positions: on a 135M model with a 49k vocabulary it is ~20% of a
 full forward, and only a handful of positions per item need logits."""
@@ -11,13 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .lora import lora_applied
+from .models import backbone_and_head
 from .tasks import Task
-
-
-def backbone_and_head(model):
-    """(decoder stack, lm_head) of a causal LM, through a peft wrapper if there is one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings()
 
 
 def encode_pairs(tokenizer, task: Task, pairs) -> list[tuple[list[int], list[int]]]:
@@ -104,57 +100,11 @@ def evaluate_task(model, tokenizer, task: Task, n: int | None = None, batch_size
     return TaskScores(task.name, correct, gold_loglik(model, tokenizer, task, pairs, batch_size), preds)
 
 
-def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, stat=np.mean):
-    """Percentile bootstrap interval of `stat` over items."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    boots = np.array([stat(values[i]) for i in idx])
-    return float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
-
-
 def evaluate_adapter(model, tokenizer, task: Task, adapter=None, n: int | None = None, lora_config=None,
                      batch_size: int = 32) -> TaskScores:
     """`evaluate_task` with LoRA weights applied: None (the base model), a peft adapter folder, or a
     state dict with its LoraConfig. The base model is left clean."""
     if adapter is None:
         return evaluate_task(model, tokenizer, task, n, batch_size)
-    from .delta import lora_applied  # delta builds on this module
     with lora_applied(model, adapter, lora_config) as adapted:
         return evaluate_task(adapted, tokenizer, task, n, batch_size)
-
-
-def average_adapters(folders) -> dict[str, torch.Tensor]:
-    """DnD's "training LoRAs" baseline: the element-wise mean of the adapters' A and B tensors."""
-    from .zoo import load_adapter_weights
-    states = [load_adapter_weights(f) for f in folders]
-    if not states:
-        raise ValueError("no adapters to average")
-    return {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
-
-
-def gap_recovery(base, generated, teacher, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(generated − base) / (teacher − base) on per-item scores pooled over tasks, with a paired
-    percentile-bootstrap 95% interval (items resampled jointly across the three arrays)."""
-    base, generated, teacher = (np.asarray(a, dtype=float) for a in (base, generated, teacher))
-    if not base.shape == generated.shape == teacher.shape:
-        raise ValueError(f"per-item arrays must align, got {base.shape}, {generated.shape}, {teacher.shape}")
-
-    def ratio(idx):
-        gap = teacher[idx].mean() - base[idx].mean()
-        return (generated[idx].mean() - base[idx].mean()) / gap if gap != 0 else np.nan
-
-    rng = np.random.default_rng(seed)
-    boots = np.array([ratio(rng.integers(0, len(base), len(base))) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    point = ratio(np.arange(len(base)))
-    if not len(boots):
-        return float(point), float("nan"), float("nan")
-    return float(point), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
-def paired_diff_ci(a, b, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a − b) over paired items, with a percentile-bootstrap 95% interval."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-    return float(d.mean()), lo, hi

@@ -1,6 +1,7 @@
-"""The generator lab shared by notebooks 04–05: one object holding the model, the zoo, its deltas,
-the training data and the delta supervision, with cached training, evaluation and reference scores,
-plus the statistics every comparison uses."""
+"""The generator lab shared by notebooks 00 and 03–05 and by llgbm.ddp: one object holding the model,
+the zoo, its deltas, the phase-2 dataset and the delta supervision, with cached training and
+evaluation, and the held-out baselines every comparison uses (base model, mean of training LoRAs,
+nearest training task's LoRA, the task's own teacher), scored once and cached."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from . import delta, evaluation, models, probes, tasks, training, zoo
+from . import delta, generate, models, probes, tasks, training, zoo
+from .dataset import DeltaAugmentedDataset, GeneratorData
+from .evaluation import evaluate_adapter
 from .generator import GeneratorConfig
+from .lora import average_adapters
+from .stats import cosine
 from .tokenizer import LoraLayout, LoRATokenizer2D
 from .utils import atomic_write_json, hash_bytes, llgbm_home
+
+REFERENCES = {"base": "base", "mean_lora": "mean of training LoRAs", "nearest_lora": "nearest task's LoRA",
+              "teacher": "own teacher"}
+_LEGACY_NOTED = False
 
 
 @dataclass
@@ -26,38 +37,54 @@ class GeneratorLab:
     manifest: list[dict]
     lora_tokenizer: LoRATokenizer2D
     encoder: object
-    deltas: np.ndarray                 # teacher deltas, aligned with `manifest`
-    data: training.GeneratorData
-    supervision: training.DeltaSupervision
+    deltas: np.ndarray | None          # teacher deltas, aligned with `manifest` (None: weight-only work)
+    dataset: DeltaAugmentedDataset     # the training split
+    data: GeneratorData
+    supervision: training.DeltaSupervision | None
     gcfg: GeneratorConfig
     tcfg: training.TrainingConfig
 
     @classmethod
-    def load(cls, profile: str, model_name: str | None = None, **training_overrides) -> "GeneratorLab":
+    def load(cls, profile: str, model_name: str | None = None, with_deltas: bool = True, model=None, tokenizer=None,
+             zoo_root: Path | str | None = None, cache_root: Path | str | None = None,
+             **training_overrides) -> "GeneratorLab":
+        """The lab over a profile's finished zoo. `with_deltas=False` skips the deltas and the delta
+        supervision (phase 0 trains on weights alone); `model`/`tokenizer` reuse a loaded model."""
+        global _LEGACY_NOTED
         model_name = model_name or models.MODEL_FOR_PROFILE[profile]
-        zcfg = zoo.ZooConfig.preset(profile)
-        root = zoo.zoo_dir(profile, model_name, zcfg)
-        manifest = zoo.write_manifest(root) if root.exists() else []
-        if not manifest:
-            raise FileNotFoundError(f"no teacher zoo at {root}: run notebooks/00_baseline.ipynb with profile={profile!r} first")
-        model, tok = models.load_model(model_name)
-        layout = LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets)
-        lora_tok = LoRATokenizer2D(layout)
+        zcfg, root, manifest = zoo.load_manifest(profile, model_name, root=zoo_root)
+        if model is None:
+            model, tokenizer = models.load_model(model_name)
+        lora_tok = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets))
         generic = probes.create_generic_probes()
-        deltas, _ = delta.zoo_deltas(model, tok, root, manifest, generic, models.model_fingerprint(model_name), progress=False)
+        deltas = sup = None
+        if with_deltas:
+            deltas, _ = delta.zoo_deltas(model, tokenizer, root, manifest, generic, models.model_fingerprint(model_name),
+                                         cache_root=cache_root, progress=False)
+            sup = training.DeltaSupervision(model, tokenizer, generic, zcfg.lora_config(), lora_tok)
         gcfg = GeneratorConfig.preset(profile)
         encoder = models.load_encoder()
-        data = training.GeneratorData(encoder, root, manifest, lora_tok, gcfg, deltas)
-        sup = training.DeltaSupervision(model, tok, generic, zcfg.lora_config(), lora_tok)
-        return cls(profile, model_name, model, tok, zcfg, root, manifest, lora_tok, encoder, deltas, data, sup, gcfg,
-                   training.TrainingConfig.preset(profile, **training_overrides))
+        ds = DeltaAugmentedDataset(root, manifest, deltas, lora_tok, split="train", prompts_per_item=gcfg.n_prompts)
+        legacy = training.legacy_run_dirs()
+        if legacy and not _LEGACY_NOTED:
+            print(f"note: {len(legacy)} generator run folder(s) from an older version hold torch.save checkpoints "
+                  f"(e.g. {legacy[0].name}); they are ignored, never unpickled, and their runs are trained again")
+            _LEGACY_NOTED = True
+        return cls(profile, model_name, model, tokenizer, zcfg, root, manifest, lora_tok, encoder, deltas, ds,
+                   GeneratorData(ds, encoder, gcfg), sup, gcfg, training.TrainingConfig.preset(profile, **training_overrides))
 
     @property
     def heldout(self) -> list[str]:
         return [t for t in self.zoo_cfg.task_names() if tasks.get_task(t).heldout]
 
+    @property
+    def training_tasks(self) -> list[str]:
+        return [t for t in self.zoo_cfg.task_names() if not tasks.get_task(t).heldout]
+
     def teacher_deltas(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """{task: (checkpoints, hidden)} teacher deltas of the held-out tasks (or of `names`)."""
+        if self.deltas is None:
+            raise ValueError("this lab was loaded with with_deltas=False: it has no teacher deltas")
         return {t: self.deltas[[i for i, r in enumerate(self.manifest) if r["task"] == t]] for t in (names or self.heldout)}
 
     def config(self, objective: str, **overrides) -> training.TrainingConfig:
@@ -68,70 +95,60 @@ class GeneratorLab:
                               progress=progress)
 
     def evaluate(self, result: training.TrainResult, progress: bool = True) -> dict[str, dict]:
-        return training.evaluate(result, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
-                                 self.zoo_cfg.lora_config(), self.heldout, self.tcfg.eval_items, self.supervision,
-                                 self.teacher_deltas(), progress)
+        with_delta = self.supervision is not None
+        return generate.evaluate(result, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
+                                 self.zoo_cfg.lora_config(), self.heldout, self.tcfg.eval_items,
+                                 self.supervision if with_delta else None, self.teacher_deltas() if with_delta else None,
+                                 progress)
 
-    def reference_scores(self) -> dict[str, dict[str, dict]]:
-        """Per-item scores of the base model and of each held-out task's own (final) teacher, on the
-        same items as `evaluate`; cached next to the generator runs."""
-        key = f"reference-{self.root.name}-{'_'.join(self.heldout)}-{self.tcfg.eval_items}"
-        path = llgbm_home() / "generators" / f"reference-{hash_bytes(key.encode())[:16]}.json"
-        if path.exists():
-            return {m: {t: {k: np.asarray(v) for k, v in d.items()} for t, d in rows.items()}
-                    for m, rows in json.loads(path.read_text()).items()}
-        final = {}
-        for r in sorted(self.manifest, key=lambda r: r["step"]):
-            final[r["task"]] = r["path"]
-        out = {"base": {}, "teacher": {}}
-        for t in self.heldout:
-            task = tasks.get_task(t)
-            for method, adapter in (("base", None), ("teacher", self.root / final[t])):
-                s = evaluation.evaluate_adapter(self.model, self.tokenizer, task, adapter, n=self.tcfg.eval_items)
-                out[method][t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
-        atomic_write_json(path, {m: {t: {k: v.tolist() for k, v in d.items()} for t, d in rows.items()}
-                                 for m, rows in out.items()})
+    def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
+        """Per training task: mean cos(Δ of the adapter generated from its prompts, its teachers' Δ)."""
+        out = {}
+        for t in self.data.tasks:
+            tokens = generate.generate_tokens(result.generator, self.encoder, tasks.get_task(t).prompts("train"))
+            with torch.no_grad():
+                d = self.supervision(tokens[None])[0].numpy()
+            out[t] = float(np.mean(cosine(d, self.teacher_deltas([t])[t])))
         return out
 
+    def generation_seconds(self, result: training.TrainResult, names: list[str], out_dir: Path) -> list[float]:
+        """Seconds to write a generated peft adapter folder for each task, end to end."""
+        return [generate.generate_adapter(result.generator, self.encoder, self.lora_tokenizer, self.zoo_cfg.lora_config(),
+                                          tasks.get_task(t).prompts("train"), Path(out_dir) / t)[1] for t in names]
 
-def pooled(scores: dict[str, dict], what: str, names: list[str]) -> np.ndarray:
-    """Per-item values of one metric, concatenated over tasks in `names` order."""
-    return np.concatenate([np.asarray(scores[t][what], dtype=float) for t in names])
+    # ------------------------------------------------------------------ held-out baselines
 
+    def final_checkpoints(self) -> dict[str, str]:
+        """{task: path of its last checkpoint} (the latest step wins across seeds)."""
+        return {r["task"]: r["path"] for r in sorted(self.manifest, key=lambda r: r["step"])}
 
-def task_delta_cos(scores: dict[str, dict], names: list[str]) -> np.ndarray:
-    """Per task: the mean cosine of the generated Δ with the task's teacher checkpoints' Δ."""
-    return np.array([float(np.mean(scores[t]["delta_cos"])) for t in names])
+    def nearest_tasks(self, n_prompts: int = 64) -> dict[str, str]:
+        """{held-out task: the training task whose mean MiniLM prompt embedding is closest (cosine)}."""
+        emb = {t: self.encoder.encode(tasks.get_task(t).prompts("train")[:n_prompts]).mean(0)
+               for t in self.heldout + self.training_tasks}
+        return {h: max(self.training_tasks, key=lambda t: float(cosine(emb[h], emb[t])[0])) for h in self.heldout}
 
-
-def paired_permutation_test(a, b, n_perm: int = 20000, seed: int = 0) -> float:
-    """Two-sided p-value of mean(a − b) = 0 by sign flips of the paired differences (exact when
-    2^n ≤ n_perm). The pairs must be independent units (here: held-out tasks)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = len(d)
-    if n == 0:
-        raise ValueError("no pairs to test")
-    observed = abs(d.mean())
-    if 2 ** n <= n_perm:
-        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-    else:
-        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_perm, n))
-    null = np.abs((signs * d).mean(1))
-    return float((null >= observed - 1e-12).mean())
-
-
-def comparison_verdict(effects: dict[str, tuple[float, float]]) -> str:
-    """Verdict on "A beats B" from a 95% interval of A − B per metric (each oriented so that higher is
-    better): "supported" when some interval lies above 0 and none below, "refuted" when some lies below
-    and none above, "mixed" (naming which) when they disagree, "inconclusive" when all contain 0."""
-    if not effects:
-        raise ValueError("no metrics to compare: pass {metric name: (low, high)}")
-    better = [k for k, (lo, hi) in effects.items() if lo > 0]
-    worse = [k for k, (lo, hi) in effects.items() if hi < 0]
-    if better and worse:
-        return f"mixed: better on {', '.join(better)}; worse on {', '.join(worse)}"
-    if better:
-        return "supported"
-    if worse:
-        return "refuted"
-    return "inconclusive (every interval includes 0)"
+    def reference_scores(self, progress: bool = True) -> dict[str, dict[str, dict]]:
+        """Per-item scores on the held-out items `evaluate` uses, for every REFERENCES method:
+        {method: {task: {correct, loglik}}}, plus {"nearest": {task: training task}}. Cached."""
+        key = f"reference-v2-{self.root.name}-{'_'.join(self.heldout)}-{self.tcfg.eval_items}"
+        path = llgbm_home() / "generators" / f"reference-{hash_bytes(key.encode())[:16]}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            out = {m: {t: {k: np.asarray(v) for k, v in d.items()} for t, d in rows.items()}
+                   for m, rows in saved.items() if m != "nearest"}
+            return dict(out, nearest=saved["nearest"])
+        final, nearest = self.final_checkpoints(), self.nearest_tasks()
+        mean_lora = average_adapters([self.root / final[t] for t in self.training_tasks])
+        out = {m: {} for m in REFERENCES}
+        for t in tqdm(self.heldout, desc="references", disable=not progress, leave=False):
+            task = tasks.get_task(t)
+            adapters = {"base": None, "mean_lora": mean_lora, "nearest_lora": self.root / final[nearest[t]],
+                        "teacher": self.root / final[t]}
+            for m, adapter in adapters.items():
+                s = evaluate_adapter(self.model, self.tokenizer, task, adapter, n=self.tcfg.eval_items,
+                                     lora_config=self.zoo_cfg.lora_config())
+                out[m][t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
+        atomic_write_json(path, dict({m: {t: {k: v.tolist() for k, v in d.items()} for t, d in rows.items()}
+                                      for m, rows in out.items()}, nearest=nearest))
+        return dict(out, nearest=nearest)

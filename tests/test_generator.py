@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from llgbm import generator, training, zoo
+from llgbm.dataset import DeltaAugmentedDataset, GeneratorData
 from llgbm.models import load_encoder
 from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
 
@@ -48,7 +49,7 @@ def test_token_weights_follow_the_std_across_checkpoints():
 
 def test_training_lowers_the_loss_and_exported_adapter_matches_in_memory_logits(tiny, lab_home):
     from peft import PeftModel
-    from llgbm.delta import lora_applied
+    from llgbm.lora import lora_applied
     model, tok = tiny
     zcfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "country_en_to_de"), steps=3, n_checkpoints=2, eval_items=2, lr=5e-2)
     root = lab_home / "zoo"
@@ -56,7 +57,7 @@ def test_training_lowers_the_loss_and_exported_adapter_matches_in_memory_logits(
     rows = zoo.write_manifest(root)
     lt = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets))
     enc = load_encoder(device="cpu")
-    data = training.GeneratorData(enc, root, rows, lt, GCFG)
+    data = GeneratorData(DeltaAugmentedDataset(root, rows, None, lt), enc, GCFG)
     gen, losses = training.train_generator(data, GCFG, training.TrainingConfig.preset("smoke", steps=30, lr=3e-3),
                                            seed=0, progress=False)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -30,6 +30,28 @@ REQUIRED = {
 }
 
 
+# Values a smoke run must produce (tiny random model, 4 tasks, 2 seeds): ranges that a broken
+# computation falls outside of, not only the presence of a name.
+SANE = {
+    "00_baseline": dict(n_tasks=(4, 4), n_heldout_tasks=(2, 2), n_checkpoints=(8, 8), base_acc_mean=(0, 1),
+                        teacher_acc_mean=(0, 1), base_loglik_mean=(-30, 0), teacher_loglik_mean=(-30, 0),
+                        zoo_tokens_per_s=(1, 1e7), zoo_peak_fraction=(0, 1), tokenizer_roundtrip_max_err=(0, 1e-3),
+                        generator_params=(1e3, 1e7), heldout_items=(8, 8), generation_seconds=(0, 60), speedup=(0, 1e6)),
+    "01_delta_caching": dict(silhouette_family=(-1, 1), silhouette_weights_family=(-1, 1), cache_speedup=(1, 1e7),
+                             n_adapters=(8, 8), n_identical_delta_pairs=(0, 0), cache_recompute_max_abs_diff=(0, 1e-4)),
+    "02_dataset": dict(n_train_checkpoints=(4, 4), n_heldout_checkpoints=(4, 4), heldout_leak=(0, 0),
+                       delta_from_tokens_cos=(0.999, 1.0001), weight_target_zero_pred_mse=(1e-3, 1e3)),
+    "03_differentiable_delta": dict(functional_vs_peft_max_abs_diff=(0, 1e-4), functional_call_vs_peft_max_abs_diff=(0, 1e-4),
+                                    lora_effect_max_abs_logit=(1e-7, 1e3), base_params_with_grad=(0, 0),
+                                    grad_norm_min_block=(1e-12, 1e6), functional_overhead_ratio=(0.1, 500)),  # tiny: hook overhead dominates
+    "04_multitask": dict(steps=(4, 4), heldout_delta_cos=(-1, 1), delta_loss_first=(0, 1e3), weight_loss_first=(0, 1e3)),
+    "04b_ablations": dict(n_seeds=(2, 2), heldout_items=(8, 8), delta_cos_weight_mean=(-1, 1), delta_cos_delta_mean=(-1, 1),
+                          p_value_delta_vs_weight=(0, 1), acc_weight_mean=(0, 1), runs_already_trained=(1, 6)),
+    "05_delta_only": dict(steps_long=(8, 8), n_seeds=(2, 2), delta_cos_long=(-1, 1), acc_diff_vs_baseline=(-1, 1)),
+    "11_calabi": dict(ppl_dense=(1, 1e6), params_plain_20=(1, 1e9), best_ppl_ratio_20=(0.5, 1e6), eval_tokens=(128, 128)),
+}
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebook_is_clean_and_parametrised(nb):
     cells = json.loads(nb.read_text())["cells"]
@@ -59,6 +81,8 @@ def test_notebook_runs_under_smoke(nb, suite_home):
     out = suite_home / "reports" / "smoke" / nb.stem
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED[nb.stem] <= set(metrics), f"missing metrics: {REQUIRED[nb.stem] - set(metrics)}"
+    bad = {k: (metrics[k], lo, hi) for k, (lo, hi) in SANE[nb.stem].items() if metrics[k] is None or not lo <= metrics[k] <= hi}
+    assert not bad, f"metrics outside their sane range (value, low, high): {bad}"
     assert list(out.glob("*.png")), "the notebook saved no figure"
     text = report.write_report("smoke", [nb]).read_text()
     assert f"notebooks/{nb.name}" in text and "Claims ledger" in text

@@ -57,6 +57,9 @@ def test_user_registered_task():
         tasks.register_task("double_it", "Double the number.", pairs)
     with pytest.raises(ValueError, match="one non-empty line"):
         tasks.register_task("bad_task", "x", [("a\nb", "c")] * 5, overwrite=True)
+    # a task that cannot be built is not left registered
+    assert "bad_task" not in tasks.list_tasks()
+    with pytest.raises(KeyError, match="unknown task 'bad_task'"):
         tasks.get_task("bad_task")
 
 

@@ -43,11 +43,11 @@ def test_dnd_reference_layout():
 
 
 def test_layout_matches_a_real_peft_adapter(tiny, lab_home):
-    from llgbm import zoo
+    from llgbm import lora, zoo
     model, tok = tiny
     rec = zoo.train_teacher(model, tok, "add_1", 0, zoo.ZooConfig.preset("smoke", steps=2, n_checkpoints=1,
                             eval_items=2), lab_home / "zoo", progress=False)
-    weights = zoo.load_adapter_weights(lab_home / "zoo" / rec["checkpoints"][0]["path"])
+    weights = lora.load_adapter_weights(lab_home / "zoo" / rec["checkpoints"][0]["path"])
     layout = LoraLayout.from_config(model.config, rank=8)
     assert {e.key for e in layout.entries} == set(weights)
     t = LoRATokenizer2D(layout)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from llgbm import generator, models, training
+from llgbm.dataset import DeltaAugmentedDataset, GeneratorData
 from llgbm.probes import create_generic_probes
 from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
 from llgbm.zoo import ZooConfig
@@ -21,7 +22,7 @@ def setup(tiny, tiny_zoo):
     model, tok = tiny
     root, manifest, deltas, _ = tiny_zoo
     lora_tok = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=ZooConfig.preset("smoke").rank))
-    data = training.GeneratorData(models.load_encoder(), root, manifest, lora_tok, GCFG, deltas)
+    data = GeneratorData(DeltaAugmentedDataset(root, manifest, deltas, lora_tok), models.load_encoder(), GCFG)
     sup = training.DeltaSupervision(model, tok, create_generic_probes(), ZooConfig.preset("smoke").lora_config(), lora_tok)
     yield data, sup
     model.requires_grad_(True)     # DeltaSupervision froze the shared tiny model
@@ -70,7 +71,7 @@ def test_resume_reproduces_the_same_steps(setup, tmp_path):
     cfg = training.TrainingConfig.preset("smoke", "multitask", steps=3, ckpt_every=2)
     straight = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "a", progress=False)
     training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "b", progress=False)
-    (tmp_path / "b" / "step_000003.pt").unlink()          # as if interrupted after the step-2 checkpoint
+    (tmp_path / "b" / "step_000003.safetensors").unlink()  # as if interrupted after the step-2 checkpoint
     resumed = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "b", progress=False)
     assert resumed.resumed_from == 2
     for k, v in straight.generator.state_dict().items():
@@ -81,6 +82,40 @@ def test_resume_reproduces_the_same_steps(setup, tmp_path):
     longer = training.train(data, GCFG, training.TrainingConfig.preset("smoke", "multitask", steps=5, ckpt_every=2), 0, sup,
                             run_dir=tmp_path / "a", progress=False)
     assert longer.resumed_from == 3 and len(longer.history["loss"]) == 5
+
+
+def test_checkpoints_are_safetensors_and_old_pickles_are_never_loaded(setup, tmp_path):
+    data, sup = setup
+    cfg = training.TrainingConfig.preset("smoke", "weight", steps=2, ckpt_every=1)
+    run = tmp_path / "generators" / "weight-seed0-oldformat"
+    run.mkdir(parents=True)
+    (run / "step_000002.pt").write_bytes(b"\x80\x04 not a pickle anyone should load")
+    assert training.legacy_run_dirs(tmp_path / "generators") == [run]
+    res = training.train(data, GCFG, cfg, 0, sup, run_dir=run, progress=False)
+    assert res.resumed_from == 0 and len(res.history["loss"]) == 2          # retrained, the .pt ignored
+    assert sorted(p.name for p in run.glob("step_*.safetensors")) == ["step_000001.safetensors", "step_000002.safetensors"]
+    assert training.legacy_run_dirs(tmp_path / "generators") == []           # now a current-format run
+    from safetensors import safe_open
+    with safe_open(str(run / "step_000002.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "2" and any(k.startswith("adam/") for k in f.keys())
+
+
+def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch, tmp_path):
+    from llgbm import generate
+    data, sup = setup
+    model, tok = tiny
+    cfg = training.TrainingConfig.preset("smoke", "weight", steps=2)
+    res = training.train(data, GCFG, cfg, 0, sup, run_dir=tmp_path / "run", progress=False)
+    enc, lcfg = models.load_encoder(), ZooConfig.preset("smoke").lora_config()
+    first = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
+    assert set(first["add_3"]) == {"correct", "loglik"} and len(first["add_3"]["loglik"]) == 3
+    assert len(list((tmp_path / "run").glob("eval_*.json"))) == 1
+    calls, real = [], generate.evaluate_adapter
+    monkeypatch.setattr(generate, "evaluate_adapter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
+    assert calls == [] and np.array_equal(again["add_3"]["loglik"], first["add_3"]["loglik"])   # served from the cache
+    other = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 2, progress=False)
+    assert calls == [1] and np.allclose(other["add_3"]["loglik"], first["add_3"]["loglik"][:2], atol=1e-5)
 
 
 def test_run_folders_are_keyed_by_what_changes_training(setup):

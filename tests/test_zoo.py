@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llgbm import evaluation, tasks, zoo
+from llgbm import bench, lora, tasks, zoo
 
 CFG = zoo.ZooConfig.preset("smoke", steps=6, save_every=2, n_checkpoints=2, eval_items=4)
 
@@ -66,7 +67,7 @@ def test_nan_adapter_is_refused(tiny, lab_home):
     w[key][0, 0] = float("nan")
     save_file(w, str(folder / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="NaN/Inf"):
-        zoo.load_adapter_weights(folder)
+        lora.load_adapter_weights(folder)
 
 
 def test_diverging_teacher_is_refused(tiny, lab_home):
@@ -88,12 +89,23 @@ def test_user_task_runs_through_the_zoo(tiny, lab_home):
     assert json.loads((lab_home / "zoo" / "manifest.json").read_text())[0]["task"] == "echo_word"
 
 
-def test_flops_count_matches_the_parameter_count(real_home):
-    from llgbm.models import model_config
-    cfg = model_config("smollm2")
-    per_token = zoo.training_flops_per_token(cfg, zoo.ZooConfig(), target_fraction=0.0)
-    body = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
-    assert per_token == 4 * body and 100e6 < body < 110e6   # ~106M non-embedding parameters
+@pytest.mark.real_model
+def test_flops_count_matches_the_real_models_linear_layers(real_home):
+    """The FLOP count is checked against the parameters of the built model, counted module by module."""
+    import torch.nn as nn
+    from llgbm.models import load_model
+    bodies = {}
+    for name in ("smollm2", "tiny"):
+        model, _ = load_model(name, device="cpu")
+        body = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
+        head = model.lm_head.weight.numel()
+        assert bench.body_params(model.config) == body
+        assert bench.training_flops_per_token(model.config, 0.0) == 4 * body
+        assert bench.training_flops_per_token(model.config, 0.25) == pytest.approx(4 * body + 4 * head * 0.25)
+        bodies[name] = body
+    assert 100e6 < bodies["smollm2"] < 110e6           # ~106M non-embedding parameters
+    with pytest.raises(ValueError, match="share of tokens"):
+        bench.training_flops_per_token(model.config, 1.5)
 
 
 def test_a_run_trained_under_another_config_is_refused_not_reused(tiny, lab_home):
@@ -108,15 +120,74 @@ def test_a_run_trained_under_another_config_is_refused_not_reused(tiny, lab_home
     assert zoo.zoo_dir("quick", "smollm2") != zoo.zoo_dir("quick", "smollm2", zoo.ZooConfig.preset("quick", lr=1e-3))
 
 
+def test_matmul_peak_is_a_plausible_measurement():
+    peak = bench.measure_matmul_peak(n=256, repeats=2, trials=2)
+    assert 1e8 < peak < 1e14          # between a slow phone and a large GPU, in FLOP/s
+
+
 def test_throughput_uses_the_peak_measured_when_the_zoo_trained(tiny, lab_home, monkeypatch):
     model, tok = tiny
-    calls = []
-    monkeypatch.setattr(zoo, "measure_matmul_peak", lambda: calls.append(1) or 1e11)
+    measured = []
+    real = bench.measure_matmul_peak
+    monkeypatch.setattr(zoo, "measure_matmul_peak", lambda: measured.append(real(n=256, repeats=2, trials=2)) or measured[-1])
     cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3"), steps=2, n_checkpoints=1, eval_items=2)
     recs = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
-    assert calls == [1] and all(r["matmul_peak_flops"] == 1e11 for r in recs)   # measured once, stored per run
+    assert len(measured) == 1 and all(r["matmul_peak_flops"] == measured[0] for r in recs)   # once, stored per run
     again = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
-    assert calls == [1]                                                          # a finished zoo measures nothing
-    tp = zoo.zoo_throughput(again, model.config, cfg)
+    assert len(measured) == 1                                                    # a finished zoo measures nothing
+    tp = zoo.zoo_throughput(again, model.config)
+    tokens, seconds = sum(r["train_tokens"] for r in recs), sum(r["train_seconds"] for r in recs)
+    assert tp["tokens_per_s"] == pytest.approx(tokens / seconds)
     # The peak is a train-time-weighted mean over runs, so compare up to float rounding.
-    assert tp["peak_flops_per_s"] == pytest.approx(1e11, rel=1e-12) and tp["peak_fraction"] == pytest.approx(tp["flops_per_s"] / 1e11)
+    assert tp["peak_flops_per_s"] == pytest.approx(measured[0], rel=1e-12)
+    assert tp["peak_fraction"] == pytest.approx(tp["flops_per_s"] / measured[0]) and 0 < tp["peak_fraction"] < 1
+
+
+_TRAIN_ONE = """
+import json, sys
+from llgbm import models, zoo
+model, tok = models.load_model("tiny", device="cpu")
+cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=3, n_checkpoints=1, eval_items=2)
+root = zoo.zoo_dir("smoke", "tiny", cfg)
+zoo.build_zoo(model, tok, cfg, root, progress=False)
+print(json.dumps(dict(root=str(root), rows=zoo.write_manifest(root))))
+"""
+
+
+def test_the_same_teacher_trained_in_two_processes_gets_the_same_hash(lab_home, tmp_path):
+    """Canonical hashes: peft writes target_modules (a set) in a per-process order, and LLGBM_HOME is
+    part of base_model_name_or_path; neither may change an adapter's content hash."""
+    import os
+    import subprocess
+    import sys
+    rows = []
+    for i, hashseed in enumerate(("1", "2")):
+        home = tmp_path / f"home{i}"
+        home.mkdir()
+        (home / "models").symlink_to(lab_home / "models", target_is_directory=True)
+        env = dict(os.environ, LLGBM_HOME=str(home), PYTHONHASHSEED=hashseed)
+        out = subprocess.run([sys.executable, "-c", _TRAIN_ONE], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(dict(result["rows"][0], folder=Path(result["root"]) / result["rows"][0]["path"]))
+    assert rows[0]["hash"] == rows[1]["hash"] and rows[0]["hash_version"] == zoo.HASH_VERSION
+    folders = [r["folder"] for r in rows]
+    assert str(tmp_path / "home0") in str(folders[0]) and str(tmp_path / "home1") in str(folders[1])
+    configs = [json.loads((f / "adapter_config.json").read_text()) for f in folders]
+    assert configs[0]["base_model_name_or_path"] != configs[1]["base_model_name_or_path"]   # the homes differ ...
+    assert lora.adapter_hash(folders[0]) == lora.adapter_hash(folders[1])                  # ... the content does not
+
+
+def test_manifest_rehashes_records_written_before_canonical_hashing(tiny, lab_home):
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=2, n_checkpoints=1, eval_items=2)
+    root = lab_home / "z"
+    zoo.build_zoo(model, tok, cfg, root, progress=False)
+    record_path = root / "add_1" / "seed0" / "run.json"
+    record = json.loads(record_path.read_text())
+    canonical = record["checkpoints"][0]["hash"]
+    record["checkpoints"][0].update(hash="raw-bytes-hash-of-an-older-version")
+    del record["checkpoints"][0]["hash_version"]
+    record_path.write_text(json.dumps(record))
+    assert zoo.write_manifest(root)[0]["hash"] == canonical
+    assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == zoo.HASH_VERSION

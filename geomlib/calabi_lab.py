@@ -1,0 +1,104 @@
+"""Notebook 11's harness for Calabi (seed 001): the profile presets, the method × ratio grid
+(perplexity, real parameter counts, CPU throughput), fine-tuning the factors of a compressed model
+(the seed's "advanced usage"), and MiniLM sentence embeddings before and after compression."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from llgbm import models
+from llgbm.utils import check_profile
+
+from . import lm_eval
+from .calabi import (METHODS, OptimizedCalabiYauLinear, OptimizedCYModelUtils, check_gradient_flow, collect_calibration,
+                     compress_hf_model)
+
+
+@dataclass
+class CalabiConfig:
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)   # fractions of decoder-linear parameters removed
+    calib_windows: int = 48        # pydoc windows for calibration (even-numbered topics)
+    eval_windows: int = 32         # disjoint windows for perplexity (odd-numbered topics)
+    window: int = 128              # tokens per window
+    ft_steps: int = 20             # fine-tuning steps of the best method at 20%
+    ft_lr: float = 5e-5
+    ft_batch: int = 4
+    min_features: int = 64         # layers narrower than this stay dense
+
+    @classmethod
+    def preset(cls, profile: str, **overrides) -> "CalabiConfig":
+        base = {"smoke": dict(ratios=(0.2, 0.4), calib_windows=4, eval_windows=4, ft_steps=2, window=32),
+                "quick": dict(),
+                "full": dict(ratios=(0.1, 0.2, 0.3, 0.4, 0.6), calib_windows=256, eval_windows=256, ft_steps=200, window=256)}
+        return replace(cls(**base[check_profile(profile)]), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiConfig):
+    """A fresh copy of the model with its decoder linears compressed by `method` at `ratio`; returns
+    (model, number of layers replaced)."""
+    model, _ = models.load_model(model_name, device="cpu")
+    n = OptimizedCYModelUtils.replace_linear_layers(model, ratio, min_features=cfg.min_features, method=method,
+                                                    calib=None if method == "plain" else stats)
+    return model, n
+
+
+def compression_grid(model_name: str, stats, eval_ids: torch.Tensor, cfg: CalabiConfig, dense_params: int,
+                     methods=METHODS, progress: bool = True) -> pd.DataFrame:
+    """Every method × ratio in one harness: layers replaced, real parameter count, fraction removed,
+    held-out perplexity and tokens/s of the same pass."""
+    rows = []
+    cells = [(m, r) for m in methods for r in cfg.ratios]
+    for method, r in tqdm(cells, desc="calabi grid", disable=not progress):
+        model, n = compressed(model_name, r, method, stats, cfg)
+        ppl, tps = lm_eval.perplexity(model, eval_ids)
+        params = OptimizedCYModelUtils.count_parameters(model)
+        rows.append(dict(method=method, ratio=r, layers=n, params=params, removed=1 - params / dense_params,
+                         ppl=ppl, tokens_per_s=tps))
+        del model
+    return pd.DataFrame(rows)
+
+
+def finetune_factors(model, calib_ids: torch.Tensor, cfg: CalabiConfig) -> dict:
+    """Train only the compressed layers' factors (U, S, V, bias) on calibration windows with the LM
+    loss, `cfg.ft_steps` AdamW steps; batches are drawn by a seeded generator per step. Returns the
+    gradient-flow check of the first compressed layer and the loss curve."""
+    model.requires_grad_(False)
+    layers = [m for m in model.modules() if isinstance(m, OptimizedCalabiYauLinear)]
+    if not layers:
+        raise ValueError("the model has no OptimizedCalabiYauLinear layer to fine-tune")
+    factors = [p for m in layers for p in m.parameters()]
+    for p in factors:
+        p.requires_grad_(True)
+    grads = check_gradient_flow(layers[0])
+    opt = torch.optim.AdamW(factors, lr=cfg.ft_lr)
+    model.train()
+    losses = []
+    for step in range(cfg.ft_steps):
+        ids = calib_ids[torch.randint(0, len(calib_ids), (cfg.ft_batch,), generator=torch.Generator().manual_seed(step))]
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return dict(gradient_norms=grads, losses=losses)
+
+
+def minilm_cosines(sentences: list[str], ratios=(0.2, 0.4), methods=("plain", "svdllm"), min_features: int = 64) -> pd.DataFrame:
+    """Mean cosine between MiniLM sentence embeddings before and after compressing its linears."""
+    enc = models.load_encoder(device="cpu")
+    ref = enc.encode(sentences, convert_to_tensor=True)
+    feats = enc.tokenize(sentences[:32])
+    stats = collect_calibration(enc[0].auto_model, [dict(feats)])
+    rows = []
+    for method in methods:
+        for r in ratios:
+            enc_c = models.load_encoder(device="cpu")
+            compress_hf_model(enc_c[0].auto_model, r, method=method, calib=None if method == "plain" else stats,
+                              min_features=min_features)
+            cos = torch.nn.functional.cosine_similarity(ref, enc_c.encode(sentences, convert_to_tensor=True)).mean().item()
+            rows.append(dict(method=method, ratio=r, mean_cosine=cos))
+    return pd.DataFrame(rows)
