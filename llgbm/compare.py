@@ -43,15 +43,17 @@ def seed_items(evals: dict[tuple[str, int], dict], method: str, what: str, names
     return np.mean([pooled(s, what, names) for (m, _), s in evals.items() if m == method], 0)
 
 
-def seed_frame(evals: dict[tuple[str, int], dict], ref: dict[str, dict], names: list[str]) -> pd.DataFrame:
-    """One row per (method, seed): exact match, gold log-lik, log-lik gap recovery and, when the scores
-    carry it, cos(Δ̂, Δ). Long form, for per-seed points over a mean with its CI."""
-    base, teach = pooled(ref["base"], "loglik", names), pooled(ref["teacher"], "loglik", names)
+def seed_frame(evals: dict[tuple[str, int], dict], ref: dict[str, dict] | None, names: list[str]) -> pd.DataFrame:
+    """One row per (method, seed): exact match, gold log-lik, log-lik gap recovery (when `ref` has the
+    base and teacher scores) and, when the scores carry it, cos(Δ̂, Δ). Long form, for per-seed points
+    over a mean with its CI."""
     rows = []
     for (m, seed), s in evals.items():
         ll = pooled(s, "loglik", names)
-        row = dict(method=m, seed=seed, **{"exact match": pooled(s, "correct", names).mean(), "gold log-lik": ll.mean(),
-                                          "gap recovery (log-lik)": gap_recovery(base, ll, teach, n_boot=1)[0]})
+        row = dict(method=m, seed=seed, **{"exact match": pooled(s, "correct", names).mean(), "gold log-lik": ll.mean()})
+        if ref is not None:
+            row["gap recovery (log-lik)"] = gap_recovery(pooled(ref["base"], "loglik", names), ll,
+                                                         pooled(ref["teacher"], "loglik", names), n_boot=1)[0]
         if all("delta_cos" in s[t] for t in names):
             row["cos(Δ̂, Δ)"] = task_delta_cos(s, names).mean()
         rows.append(row)

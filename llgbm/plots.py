@@ -101,3 +101,12 @@ def bars(values: pd.Series | pd.DataFrame, xlabel: str, title: str, log: bool = 
     sns.barplot(long, y="name", x="value", hue="series" if frame.shape[1] > 1 else None, ax=ax, orient="h")
     ax.set(xlabel=xlabel, ylabel="", title=title, xscale="log" if log else "linear")
     return fig
+
+
+def lines(frame: pd.DataFrame, x: str, y: str, hue: str, title: str, palette: str = "viridis"):
+    """One line per `hue` level (e.g. a curve per layer), axes labelled by the column names."""
+    fig, ax = plt.subplots(figsize=(6.8, 3.8), layout="constrained")
+    sns.lineplot(frame, x=x, y=y, hue=hue, palette=palette, ax=ax, legend="brief")
+    ax.set(title=title)
+    ax.legend(fontsize=6, ncols=2, title=hue)
+    return fig

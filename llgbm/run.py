@@ -9,14 +9,17 @@ failing cell's error; the executed copy (with outputs) is kept under reports/<pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
+from tqdm.auto import tqdm
 
 from .report import reports_root, write_report
 from .utils import PROFILES, REPO_ROOT, atomic_write_json, llgbm_home
@@ -78,10 +81,30 @@ def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 36
     out = reports_root() / profile / "_executed" / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
     bar = dict(desc=progress, unit="cell", file=sys.stderr, dynamic_ncols=True) if progress else False
-    pm.execute_notebook(str(nb), str(out), parameters=dict(profile=profile, **params), kernel_name=kernel,
-                        execution_timeout=timeout, cwd=str(nb.parent), progress_bar=bar,
-                        kernel_manager_class=LocalKernelManager)
+    with _ticking(enabled=bool(progress) and sys.stderr.isatty()):
+        pm.execute_notebook(str(nb), str(out), parameters=dict(profile=profile, **params), kernel_name=kernel,
+                            execution_timeout=timeout, cwd=str(nb.parent), progress_bar=bar,
+                            kernel_manager_class=LocalKernelManager)
     return out
+
+
+@contextlib.contextmanager
+def _ticking(enabled: bool, every: float = 5.0):
+    """Redraw the open progress bars every few seconds, so the elapsed time moves during a long cell
+    (tqdm redraws only when a cell finishes). Only on a terminal: a log file gets no extra lines."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every):
+            for bar in list(getattr(tqdm, "_instances", ())):
+                bar.refresh()
+    thread = threading.Thread(target=tick, daemon=True)
+    if enabled:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None) -> None:

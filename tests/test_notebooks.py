@@ -25,6 +25,13 @@ REQUIRED = {
                       for s in ("mean", "std")} | {"p_value_delta_vs_weight", "p_value_multitask_vs_weight"},
     "05_delta_only": {"gap_recovery_long", "gap_recovery_long_ci_low", "gap_recovery_long_ci_high", "delta_cos_long",
                       "loglik_diff_vs_baseline"},
+    "10_igbundle": {"params_igbundle", "params_lora", "params_houlsby", "acc_igbundle_mean", "acc_lora_mean", "acc_houlsby_mean",
+                    "loglik_igbundle_mean", "loglik_lora_mean", "loglik_houlsby_mean", "loglik_diff_igbundle_vs_lora",
+                    "loglik_diff_igbundle_vs_lora_ci_low", "loglik_diff_igbundle_vs_lora_ci_high", "loglik_diff_igbundle_vs_houlsby",
+                    "loglik_diff_igbundle_vs_houlsby_ci_low", "loglik_diff_igbundle_vs_houlsby_ci_high", "eval_items", "n_seeds",
+                    "sheaf_faithful_value_at_init", "sheaf_faithful_grad_norm_at_init", "sheaf_normalised_value_at_init",
+                    "acc_sheaf_off", "acc_sheaf_faithful", "acc_sheaf_normalised", "peak_mem_mb_fp32", "peak_mem_mb_nf4",
+                    "seconds_per_step_fp32", "seconds_per_step_nf4", "acc_nf4", "sigma_final_mean", "notebook_seconds"},
     "11_calabi": {"ppl_dense", "tokens_per_s_dense", "ppl_plain_20", "ppl_svdllm_40", "params_asvd_20",
                   "ppl_energy_gap_20", "best_ppl_ratio_20"},
 }
@@ -48,6 +55,9 @@ SANE = {
     "04b_ablations": dict(n_seeds=(2, 2), heldout_items=(8, 8), delta_cos_weight_mean=(-1, 1), delta_cos_delta_mean=(-1, 1),
                           p_value_delta_vs_weight=(0, 1), acc_weight_mean=(0, 1), runs_already_trained=(1, 6)),
     "05_delta_only": dict(steps_long=(8, 8), n_seeds=(2, 2), delta_cos_long=(-1, 1), acc_diff_vs_baseline=(-1, 1)),
+    "10_igbundle": dict(sheaf_faithful_value_at_init=(0, 0), sheaf_faithful_grad_norm_at_init=(0, 0),
+                        sheaf_normalised_value_at_init=(1e-9, 1e3), eval_items=(16, 16), n_seeds=(2, 2), acc_nf4=(0, 1),
+                        peak_mem_mb_fp32=(50, 1e5), peak_mem_mb_nf4=(50, 1e5), sigma_final_mean=(1e-3, 1e3)),
     "11_calabi": dict(ppl_dense=(1, 1e6), params_plain_20=(1, 1e9), best_ppl_ratio_20=(0.5, 1e6), eval_tokens=(128, 128)),
 }
 
@@ -82,6 +92,8 @@ def test_notebook_runs_under_smoke(nb, suite_home):
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED[nb.stem] <= set(metrics), f"missing metrics: {REQUIRED[nb.stem] - set(metrics)}"
     bad = {k: (metrics[k], lo, hi) for k, (lo, hi) in SANE[nb.stem].items() if metrics[k] is None or not lo <= metrics[k] <= hi}
+    if nb.stem == "10_igbundle":          # the comparison is at equal trainable parameters (±10%)
+        assert all(abs(metrics[f"params_{m}"] / metrics["params_lora"] - 1) <= 0.10 for m in ("igbundle", "houlsby")), metrics
     assert not bad, f"metrics outside their sane range (value, low, high): {bad}"
     assert list(out.glob("*.png")), "the notebook saved no figure"
     text = report.write_report("smoke", [nb]).read_text()

@@ -8,18 +8,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("llgbm", "geomlib")
-MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py"))
+MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 MAX_LINES = 350
 
 
 def _name(path: Path) -> str:
-    return f"{path.parent.name}.{path.stem}" if path.stem != "__init__" else path.parent.name
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
     """(imported module, names) for every import anywhere in the file, lazy ones included."""
-    pkg = path.parent.name
+    pkg = ".".join(path.relative_to(ROOT).parent.parts)
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -27,7 +28,8 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:                                  # relative: from . import x / from .x import y
-                base = f"{pkg}.{base}" if base else pkg
+                up = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                base = f"{up}.{base}" if base else up
             names = [a.name for a in node.names]
             if not node.module and node.level:              # `from . import a, b` imports modules a and b
                 out += [(f"{base}.{n}", []) for n in names]
