@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         h = res["history"]
         summary = dict(run_dir=str(res["run_dir"]), steps=len(h["loss"]), resumed_from=res["resumed_from"],
                        final_loss=h["loss"][-1] if h["loss"] else None, trainable_params=res["params"],
-                       seconds_per_step=sum(h["seconds"][res["resumed_from"]:]) / max(1, len(h["seconds"]) - res["resumed_from"]),
+                       seconds_per_step=statistics.median(h["seconds"][res["resumed_from"]:] or [float("nan")]),
                        peak_rss_mb=res["peak_rss_mb"], rss_after_imports_mb=rss_imports,
                        peak_above_imports_mb=res["peak_rss_mb"] - rss_imports, load_in_4bit=cfg.load_in_4bit)
         if args.report:

@@ -103,7 +103,7 @@ def run(cfg: IGTrainConfig, model, tokenizer, n_items: int, progress: bool = Tru
         unload(model)
     h = res["history"]
     return dict(scores=scores, params=res["params"], history=h, seconds_per_step=float(np.median(h["seconds"])),
-                run_dir=res["run_dir"])
+                run_dir=res["run_dir"], already_trained=res["resumed_from"] >= cfg.max_steps)
 
 
 def nf4_scores(ckpt_run: Path, cfg: IGTrainConfig, n_items: int) -> dict[str, dict]:

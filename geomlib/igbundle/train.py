@@ -10,7 +10,6 @@ run is loaded, not retrained."""
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -104,6 +103,15 @@ class IGTrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else llgbm_home() / "igbundle" / f"{self.method}-seed{self.seed}-{self.run_key()}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): /proc's VmHWM, which starts afresh at exec. (getrusage's
+    ru_maxrss does not: a child started from a large process reports the parent's size at the fork.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def load_base(cfg: IGTrainConfig):
@@ -215,7 +223,7 @@ def train(cfg: IGTrainConfig, model=None, tokenizer=None, progress: bool = True,
         if stop_after is not None and done >= stop_after:
             break
     model.eval()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return dict(model=model, tokenizer=tokenizer, host=host, params=sum(p.numel() for n, p in params.items()
                                                                         if "sheaf" not in n),
                 history=history, run_dir=run, peak_rss_mb=peak_mb, resumed_from=start)
