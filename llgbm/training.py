@@ -24,7 +24,8 @@ from .dataset import GeneratorData
 from .generate import evaluate, generate_adapter, generate_tokens  # noqa: F401 (seed 002 puts evaluate here)
 from .generator import GeneratorConfig, HyperConvGenerator
 from .losses import DeltaOnlyLoss, DeltaSupervision, MultiTaskLoss, delta_loss  # noqa: F401 (seed 002's names live here)
-from .utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, warmup_lr
+from .utils import (adam_state_tensors, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home,
+                    load_adam_state, warmup_lr)
 
 OBJECTIVES = {"weight": (1.0, 0.0), "multitask": (1.0, 1.0), "delta": (0.0, 1.0)}   # (λ_w, λ_d)
 
@@ -112,12 +113,7 @@ def _checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def _save(run_dir: Path, step: int, gen, opt, history: dict, keep: int = 2) -> None:
-    tensors = {f"generator/{k}": v for k, v in gen.state_dict().items()}
-    for i, p in enumerate(gen.parameters()):
-        st = opt.state.get(p)
-        if st:
-            tensors[f"adam/{i}/exp_avg"], tensors[f"adam/{i}/exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
-            tensors[f"adam/{i}/step"] = st["step"].reshape(1).float()
+    tensors = {f"generator/{k}": v for k, v in gen.state_dict().items()} | adam_state_tensors(opt, list(gen.parameters()))
     with atomic_file(run_dir / f"step_{step:06d}.safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata=dict(step=str(step), history=json.dumps(history)))
@@ -130,10 +126,7 @@ def _load(path: Path, gen, opt) -> tuple[int, dict]:
         meta = f.metadata()
     tensors = load_file(str(path))
     gen.load_state_dict({k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("generator/")})
-    for i, p in enumerate(gen.parameters()):
-        if f"adam/{i}/exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"adam/{i}/exp_avg"], "exp_avg_sq": tensors[f"adam/{i}/exp_avg_sq"],
-                            "step": tensors[f"adam/{i}/step"][0]}
+    load_adam_state(opt, list(gen.parameters()), tensors)
     return int(meta["step"]), json.loads(meta["history"])
 
 

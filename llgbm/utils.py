@@ -135,3 +135,23 @@ def config_hash(obj, n: int = 16) -> str:
 def warmup_lr(peak: float, step: int, warmup: int) -> float:
     """Linear warmup over `warmup` steps, then constant (so a continued run equals a longer one)."""
     return peak * min(1.0, (step + 1) / max(1, warmup))
+
+
+def adam_state_tensors(opt, params) -> dict[str, torch.Tensor]:
+    """An Adam/AdamW optimizer's per-parameter state as plain tensors ('adam/<i>/exp_avg', ...), `params`
+    in a fixed order: safetensors can hold it, and no pickle is needed to resume."""
+    out = {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            out.update({f"adam/{i}/exp_avg": st["exp_avg"], f"adam/{i}/exp_avg_sq": st["exp_avg_sq"],
+                        f"adam/{i}/step": st["step"].reshape(1).float()})
+    return out
+
+
+def load_adam_state(opt, params, tensors: dict[str, torch.Tensor]) -> None:
+    """The inverse of `adam_state_tensors`, for the same parameters in the same order."""
+    for i, p in enumerate(params):
+        if f"adam/{i}/exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"adam/{i}/exp_avg"], "exp_avg_sq": tensors[f"adam/{i}/exp_avg_sq"],
+                            "step": tensors[f"adam/{i}/step"][0]}

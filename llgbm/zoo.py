@@ -23,7 +23,8 @@ from .bench import measure_matmul_peak, peak_fraction, training_flops_per_token
 from .evaluation import build_batch, encode_pairs, evaluate_task, target_logprobs
 from .lora import LORA_TARGETS, adapter_hash, check_finite
 from .tasks import get_task, list_tasks
-from .utils import atomic_dir, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, warmup_lr
+from .utils import (adam_state_tensors, atomic_dir, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home,
+                    load_adam_state, warmup_lr)
 
 QUICK_TASKS = ("country_en_to_de", "country_en_to_fr", "country_en_to_es", "country_en_to_it", "country_en_to_nl",
                "country_en_to_pt", "country_to_alpha2", "country_to_alpha3", "alpha2_to_country",
@@ -89,12 +90,7 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 def _save_state(path: Path, model, opt, step: int, losses: list[float], tokens: list[int], seconds: float,
                 kept) -> None:
     tensors = {f"lora/{k}": v for k, v in get_peft_model_state_dict(model).items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    for i, p in enumerate(params):
-        st = opt.state.get(p)
-        if st:
-            tensors[f"adam/{i}/exp_avg"], tensors[f"adam/{i}/exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
-            tensors[f"adam/{i}/step"] = st["step"].reshape(1).float()
+    tensors.update(adam_state_tensors(opt, [p for p in model.parameters() if p.requires_grad]))
     for j, (s, sd) in enumerate(kept):
         tensors.update({f"kept/{j}/{k}": v for k, v in sd.items()})
     meta = dict(step=str(step), losses=json.dumps(losses), tokens=json.dumps(tokens), seconds=str(seconds),
@@ -109,11 +105,7 @@ def _load_state(path: Path, model, opt):
         meta = f.metadata()
     tensors = load_file(str(path))
     set_peft_model_state_dict(model, {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")})
-    params = [p for p in model.parameters() if p.requires_grad]
-    for i, p in enumerate(params):
-        if f"adam/{i}/exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"adam/{i}/exp_avg"], "exp_avg_sq": tensors[f"adam/{i}/exp_avg_sq"],
-                            "step": tensors[f"adam/{i}/step"][0]}
+    load_adam_state(opt, [p for p in model.parameters() if p.requires_grad], tensors)
     kept = [(s, {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"kept/{j}/")})
             for j, s in enumerate(json.loads(meta["kept_steps"]))]
     return int(meta["step"]), json.loads(meta["losses"]), json.loads(meta["tokens"]), float(meta["seconds"]), kept

@@ -3,6 +3,7 @@ report the average internal sigma, and serve a Gradio chat UI on 127.0.0.1 (defa
 also renders inline in JupyterLab."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -60,6 +61,7 @@ def validate(model, tokenizer, prompts=PROMPTS, max_new_tokens: int = 24) -> dic
 
 def chat_app(model, tokenizer, title: str = "IGBundle chat"):
     """A gradio ChatInterface over the adapted model (greedy, through the chat template)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # offline: no usage reports, no version checks
     import gradio as gr
 
     def respond(message, history):

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from llgbm import models
 from llgbm.evaluation import build_batch, encode_pairs, target_logprobs
 from llgbm.tasks import get_task
-from llgbm.utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, warmup_lr
+from llgbm.utils import (adam_state_tensors, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home,
+                         load_adam_state, warmup_lr)
 
 from . import host as hosting
 from .adapter import IGBundleConfig
@@ -147,12 +148,7 @@ def _batch(encoded, n: int, seed: int, step: int, micro: int):
 
 
 def _save(run: Path, step: int, params: dict, opt, history: dict, model, base_fp: str, host, model_name: str) -> None:
-    tensors = {f"param/{n}": p.detach() for n, p in params.items()}
-    for i, p in enumerate(params.values()):
-        st = opt.state.get(p)
-        if st:
-            tensors.update({f"adam/{i}/exp_avg": st["exp_avg"], f"adam/{i}/exp_avg_sq": st["exp_avg_sq"],
-                            f"adam/{i}/step": st["step"].reshape(1).float()})
+    tensors = {f"param/{n}": p.detach() for n, p in params.items()} | adam_state_tensors(opt, list(params.values()))
     with atomic_file(run / "state.safetensors") as tmp:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     atomic_write_json(run / "trainer_state.json", dict(step=step, history=history))
@@ -168,10 +164,7 @@ def _load(run: Path, params: dict, opt) -> tuple[int, dict]:
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
-    for i, p in enumerate(params.values()):
-        if f"adam/{i}/exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"adam/{i}/exp_avg"], "exp_avg_sq": tensors[f"adam/{i}/exp_avg_sq"],
-                            "step": tensors[f"adam/{i}/step"][0]}
+    load_adam_state(opt, list(params.values()), tensors)
     return state["step"], state["history"]
 
 
