@@ -210,3 +210,30 @@ def sigma_frame(history: dict):
 def first_items(scores: dict[str, dict], n: int) -> dict[str, dict]:
     """The same scores restricted to the first `n` items of each task."""
     return {t: {k: np.asarray(v)[:n] for k, v in d.items()} for t, d in scores.items()}
+
+
+def paired_metrics(tests, pairs: dict[str, str]) -> dict[str, float]:
+    """metrics.json entries `loglik_diff_<name>` with `_ci_low`/`_ci_high` from a paired-tests table;
+    `pairs` maps the metric name (e.g. 'igbundle_vs_lora') to its row ('igbundle − lora')."""
+    out = {}
+    for name, row in pairs.items():
+        r = tests.loc[row]
+        out.update({f"loglik_diff_{name}": r["Δ gold log-lik"], f"loglik_diff_{name}_ci_low": r["gold log-lik CI low"],
+                    f"loglik_diff_{name}_ci_high": r["gold log-lik CI high"]})
+    return out
+
+
+def memory_check(cfg: IGTrainConfig, fp32_run: dict, steps: int, nf4_items: int):
+    """fp32 vs NF4 base for one IGBundle configuration: a `steps`-step speed run of each in a fresh
+    process, and the fp32-trained adapter of `fp32_run` scored on an NF4 base against the same items on
+    fp32. Returns (table, {fp32, nf4, acc_nf4, acc_fp32_same_items})."""
+    import pandas as pd
+    from llgbm.stats import pooled
+    fp32, nf4 = speed_run(cfg, steps), speed_run(replace(cfg, load_in_4bit=True), steps)
+    tasks = list(cfg.tasks)
+    acc_nf4 = pooled(nf4_scores(fp32_run["run_dir"], cfg, nf4_items), "correct", tasks).mean()
+    acc_fp32 = pooled(first_items(fp32_run["scores"], nf4_items), "correct", tasks).mean()
+    table = pd.DataFrame({name: [r["peak_rss_mb"], r["peak_above_imports_mb"], r["seconds_per_step"], acc]
+                          for name, r, acc in [("fp32 base", fp32, acc_fp32), ("NF4 base", nf4, acc_nf4)]},
+                         index=["peak RSS (MB)", "peak above the imports (MB)", "s / step", f"exact match ({nf4_items} items/task)"])
+    return table, dict(fp32=fp32, nf4=nf4, acc_nf4=float(acc_nf4), acc_fp32_same_items=float(acc_fp32))
