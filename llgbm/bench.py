@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -61,3 +62,13 @@ def peak_fraction(flops_per_s: float, peak_flops_per_s: float) -> float:
     if not (peak_flops_per_s and math.isfinite(peak_flops_per_s) and math.isfinite(flops_per_s)):
         return math.nan
     return flops_per_s / peak_flops_per_s
+
+
+def rss_mb(peak: bool = False) -> float:
+    """This process's resident memory (MB) now, or its peak (/proc's VmHWM, which starts afresh at exec;
+    getrusage's ru_maxrss does not: a child started from a large process reports the parent's size)."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -50,7 +50,8 @@ def check_params(**params) -> dict:
             if v is not None and (not isinstance(v, str) or not v):
                 raise ParameterError(f"parameter model_name={v!r}: expected None, a preset ('smollm2', 'tiny') "
                                      f"or a local Hugging Face folder")
-        elif name in ("eval_items", "n_timing", "prompts_per_item", "calib_windows", "eval_windows"):
+        elif name in ("eval_items", "n_timing", "prompts_per_item", "calib_windows", "eval_windows", "steps",
+                      "bench_repeats"):
             _positive_int(name, v)
         elif name in ("seed",):
             _positive_int(name, v, allow_none=False, minimum=0)
@@ -71,5 +72,5 @@ def check_params(**params) -> dict:
         else:
             raise ParameterError(f"unknown parameter {name!r}; this lab's notebooks take: profile, model_name, eval_items, "
                                  f"n_timing, prompts_per_item, seed, seeds, steps_factor, objectives, tasks, ratios, "
-                                 f"calib_windows, eval_windows, ft_steps")
+                                 f"calib_windows, eval_windows, ft_steps, steps, bench_repeats")
     return params

@@ -74,6 +74,25 @@ def heatmap(matrix: pd.DataFrame, title: str, cbar_label: str, fmt: str = ".2f",
     return fig
 
 
+def heatmaps(matrices: dict[str, pd.DataFrame], title: str, cbar_label: str, fmt: str = ".2f", vmin: float = 0.0,
+             vmax: float = 1.0, cols: int = 3):
+    """Several matrices of one kind side by side on one colour scale (e.g. an accuracy matrix per method)."""
+    rows = -(-len(matrices) // cols)
+    first = next(iter(matrices.values()))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (1.6 + 0.75 * first.shape[1]), rows * (1.3 + 0.45 * first.shape[0])),
+                             squeeze=False, layout="constrained")
+    for ax, (name, m) in zip(axes.flat, matrices.items()):
+        sns.heatmap(m.astype(float), annot=True, fmt=fmt, cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=False,
+                    annot_kws={"fontsize": 7})
+        ax.set_title(name, fontsize=9)
+        _slant(ax)
+    for ax in axes.flat[len(matrices):]:
+        ax.axis("off")
+    fig.colorbar(axes.flat[0].collections[0], ax=axes, label=cbar_label, shrink=0.6)
+    fig.suptitle(title)
+    return fig
+
+
 def curves(series: dict[str, list[float]], ylabel: str, title: str, xlabel: str = "training step",
            window: int = 10, logy: bool = True, marks: dict[str, float] | None = None, ax=None):
     """Loss curves: the raw values faintly, their rolling mean (`window`) strongly; `marks` draws

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class NotebookReport:
 
     def log(self, **metrics: float) -> None:
         for k, v in metrics.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):  # numpy scalars are Real too
                 raise TypeError(f"metric {k!r} must be a number, got {type(v).__name__}")
             self.metrics[k] = float(v)
         atomic_write_json(self.dir / "metrics.json",

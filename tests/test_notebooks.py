@@ -34,6 +34,15 @@ REQUIRED = {
                     "seconds_per_step_fp32", "seconds_per_step_nf4", "acc_nf4", "sigma_final_mean", "notebook_seconds"},
     "11_calabi": {"ppl_dense", "tokens_per_s_dense", "ppl_plain_20", "ppl_svdllm_40", "params_asvd_20",
                   "ppl_energy_gap_20", "best_ppl_ratio_20"},
+    "12_coordinates": {"cl_tasks", "n_seeds", "routing_acc", "params_geometric_llama", "params_plain_llama", "params_seed_config",
+                       "val_loss_geometric", "val_loss_plain", "val_loss_leaky", "theta_silhouette_family", "notebook_seconds"}
+                      | {f"{k}_{m}{s}" for k in ("acc", "bwt") for s in ("", "_ci_low", "_ci_high")
+                         for m in ("coords_given", "coords_inferred", "seq_lora", "joint_lora", "replay", "per_task_lora")},
+    "13_inl": {"params_inl", "params_transformer", "val_loss_inl", "val_loss_transformer", "val_loss_adaptive_minus_fixed",
+               "mean_iterations_adaptive", "max_iterations", "tokens_per_s_fixed_b1", "tokens_per_s_adaptive_b1",
+               "tokens_per_s_fixed_b8", "tokens_per_s_adaptive_b8", "speedup_adaptive_b1", "speedup_adaptive_b8", "speedup_ceiling",
+               "peak_mem_mb_train_inl", "peak_mem_mb_train_transformer", "embedding_params_ratio",
+               "val_loss_lowrank_embedding_minus_full", "deterministic", "notebook_seconds", "unigram_entropy"},
 }
 
 
@@ -59,6 +68,12 @@ SANE = {
                         sheaf_normalised_value_at_init=(1e-9, 1e3), eval_items=(16, 16), n_seeds=(2, 2), acc_nf4=(0, 1),
                         peak_mem_mb_fp32=(50, 1e5), peak_mem_mb_nf4=(50, 1e5), sigma_final_mean=(1e-3, 1e3)),
     "11_calabi": dict(ppl_dense=(1, 1e6), params_plain_20=(1, 1e9), best_ppl_ratio_20=(0.5, 1e6), eval_tokens=(128, 128)),
+    "12_coordinates": dict(cl_tasks=(4, 4), n_seeds=(2, 2), eval_items=(4, 4), routing_acc=(0, 1), params_seed_config=(1.0e8, 1.15e8),
+                           bwt_per_task_lora=(0, 0), acc_coords_given=(0, 1), acc_seq_lora=(0, 1), theta_silhouette_family=(-1, 1),
+                           val_loss_leaky=(0, 20), coordinates_scaling_exponent=(-2, 2)),
+    "13_inl": dict(deterministic=(1, 1), max_iterations=(5, 5), mean_iterations_adaptive=(1, 5), speedup_ceiling=(1, 2),
+                   val_loss_inl=(0, 20), unigram_entropy=(1, 10), tokens_per_s_fixed_b1=(1, 1e7), peak_mem_mb_train_inl=(1, 1e5),
+                   embedding_params_ratio_seed_3b=(0.12, 0.14), val_loss_small_k_minus_fixed=(-1, 1), steps=(8, 8)),
 }
 
 
@@ -92,6 +107,8 @@ def test_notebook_runs_under_smoke(nb, suite_home):
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED[nb.stem] <= set(metrics), f"missing metrics: {REQUIRED[nb.stem] - set(metrics)}"
     bad = {k: (metrics[k], lo, hi) for k, (lo, hi) in SANE[nb.stem].items() if metrics[k] is None or not lo <= metrics[k] <= hi}
+    if nb.stem == "13_inl":               # INL and transformer at the same parameter count (±10%)
+        assert abs(metrics["params_transformer"] / metrics["params_inl"] - 1) <= 0.10, metrics
     if nb.stem == "10_igbundle":          # the comparison is at equal trainable parameters (±10%)
         assert all(abs(metrics[f"params_{m}"] / metrics["params_lora"] - 1) <= 0.10 for m in ("igbundle", "houlsby")), metrics
     assert not bad, f"metrics outside their sane range (value, low, high): {bad}"

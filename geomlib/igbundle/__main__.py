@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint OK: {args.checkpoint} ({meta['kind']}, {len(meta['shapes'])} tensors, all finite, shapes as listed)")
         return 0
     if args.verb == "train":
+        from llgbm.bench import rss_mb
+
         from .train import IGTrainConfig, train
-        rss_imports = _rss_mb()              # after the imports, before the model: what training itself adds is above it
+        rss_imports = rss_mb()              # after the imports, before the model: what training itself adds is above it
         overrides = {k: v for k, v in dict(max_steps=args.max_steps, output_dir=args.output_dir).items() if v is not None}
         cfg = IGTrainConfig.from_yaml(args.config, **overrides)
         res = train(cfg)
@@ -65,14 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving the chat UI at http://127.0.0.1:{args.port}")
     serve(model, tok, args.port, block=True)
     return 0
-
-
-def _rss_mb() -> float:
-    """This process's resident memory now (MB), from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 if __name__ == "__main__":

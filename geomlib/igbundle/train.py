@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from llgbm import models
+from llgbm.bench import rss_mb
 from llgbm.evaluation import build_batch, encode_pairs, target_logprobs
 from llgbm.tasks import get_task
 from llgbm.utils import (adam_state_tensors, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home,
@@ -104,15 +105,6 @@ class IGTrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else llgbm_home() / "igbundle" / f"{self.method}-seed{self.seed}-{self.run_key()}"
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (MB): /proc's VmHWM, which starts afresh at exec. (getrusage's
-    ru_maxrss does not: a child started from a large process reports the parent's size at the fork.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def load_base(cfg: IGTrainConfig):
@@ -216,7 +208,7 @@ def train(cfg: IGTrainConfig, model=None, tokenizer=None, progress: bool = True,
         if stop_after is not None and done >= stop_after:
             break
     model.eval()
-    peak_mb = peak_rss_mb()
+    peak_mb = rss_mb(peak=True)
     return dict(model=model, tokenizer=tokenizer, host=host, params=sum(p.numel() for n, p in params.items()
                                                                         if "sheaf" not in n),
                 history=history, run_dir=run, peak_rss_mb=peak_mb, resumed_from=start)
