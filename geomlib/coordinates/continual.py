@@ -94,7 +94,7 @@ def _train(model, tok, params, pools, weights, cfg: CLConfig, seed: int, stage: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     model.eval()
-    return float(loss)
+    return loss.item()
 
 
 def _pools(tok, tasks):

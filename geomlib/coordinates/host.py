@@ -208,8 +208,9 @@ def GeometricLlama(config: dict, pooling: str = "causal", modulated: bool = True
     if unknown:
         raise ValueError(f"unknown target matrices {sorted(unknown)}; the seed modulates {', '.join(TARGETS)}")
     wavelets = tuple((TARGETS[t], SEED_WAVELETS[TARGETS[t]]) for t in c["target_matrices"])
+    coord_overrides.setdefault("init", "seed")
     cfg = CoordinateConfig(num_coordinates=c["num_coordinates"], modulation_rank=c["modulation_rank"], wavelets=wavelets,
-                           init="seed", pooling=pooling, predictor_hidden=p["hidden_dim"], predictor_layers=p["num_layers"],
+                           pooling=pooling, predictor_hidden=p["hidden_dim"], predictor_layers=p["num_layers"],
                            **coord_overrides)
     return CoordinateHost(lm, cfg)
 

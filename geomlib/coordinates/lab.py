@@ -62,14 +62,20 @@ class ScratchConfig:
                     coordinate_predictor=dict(hidden_dim=self.predictor_hidden, num_layers=2))
 
 
+KINDS = ("geometric", "leaky", "plain", "geometric_zero_init", "leaky_zero_init")
+
+
 def build(kind: str, cfg: ScratchConfig, vocab_size: int, num_coordinates: int | None = None):
-    """'geometric' (causal θ), 'leaky' (the seed's whole-sequence pooling) or 'plain' (no modulation)."""
-    if kind not in ("geometric", "leaky", "plain"):
-        raise ValueError(f"kind={kind!r}: expected 'geometric', 'leaky' or 'plain'")
+    """'geometric' (causal θ, the seed's init), 'leaky' (the seed's whole-sequence pooling and init),
+    'plain' (no modulation), and the '_zero_init' variants whose output factors start at zero, so
+    training starts from the plain Llama instead of weights swamped by ΔW entries ≈ 0.29."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
     conf = cfg.seed_config(vocab_size, num_coordinates)
     if kind == "plain":
         return GeometricLlama(conf, modulated=False)
-    return GeometricLlama(conf, pooling="causal" if kind == "geometric" else "sequence")
+    return GeometricLlama(conf, pooling="sequence" if kind.startswith("leaky") else "causal",
+                          init="zero" if kind.endswith("zero_init") else "seed")
 
 
 def _step(model, kind: str, x, y, sched, step: int):
@@ -146,8 +152,8 @@ def load_trained(path) -> tuple:
     if not state_path.exists():
         raise FileNotFoundError(f"no trained GeometricLlama at {path}: run notebook 12 or `python -m geomlib.coordinates train` first")
     state = json.loads(state_path.read_text())
-    model = GeometricLlama(state["config"], pooling="sequence" if state["kind"] == "leaky" else "causal",
-                           modulated=state["kind"] != "plain")
+    model = GeometricLlama(state["config"], pooling="sequence" if state["kind"].startswith("leaky") else "causal",
+                           modulated=state["kind"] != "plain", init="zero" if state["kind"].endswith("zero_init") else "seed")
     opt = make_optimizer(model) if state["kind"] != "plain" else torch.optim.AdamW(model.parameters())
     load_checkpoint(path, model, opt)
     return model, torch.tensor(state["vocab"]), state

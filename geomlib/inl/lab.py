@@ -119,7 +119,7 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
     history, start, seconds = [], 0, 0.0
     if save and (run / "state.json").exists():
         state = json.loads((run / "state.json").read_text())
-        model.load_state_dict(load_file(run / "model.safetensors"), strict=False)
+        model.load_state_dict(load_file(run / "model.safetensors"))
         load_adam_state(opt, params, load_file(run / "optimizer.safetensors"))
         history, start, seconds = state["history"], state["step"], state["seconds"]
     loss_fn = IntegratorLoss.preset(cfg.loss_preset, task_loss_type="ce", variance_weighted=True)
@@ -257,12 +257,14 @@ def memory_run(model_cfg: INLConfig, cfg: INLLabConfig, steps: int) -> dict:
 
 def models_for(cfg: INLLabConfig, vocab_size: int) -> dict[str, INLConfig]:
     """The INL model as create_model builds it (low-rank embeddings), the standard transformer with
-    its parameter count, and that transformer with a full embedding (the embedding ablation: the
-    factorisation does not touch the relaxation, and the transformer trains 2× faster here)."""
+    its parameter count, that transformer with a full embedding (the embedding ablation: the
+    factorisation does not touch the relaxation, and the transformer trains 2× faster here), and that
+    transformer with the seed's embedding initialisation (what the init change is for)."""
     from .model import transformer_like
     inl = size_config(cfg.size, vocab_size, dropout=cfg.dropout, embedding_init=cfg.embedding_init)
     tf = transformer_like(inl)
-    return {"inl": inl, "transformer": tf, "transformer_full_embedding": replace(tf, lowrank_embeddings=False)}
+    return {"inl": inl, "transformer": tf, "transformer_full_embedding": replace(tf, lowrank_embeddings=False),
+            "transformer_seed_init": replace(tf, embedding_init="seed")}
 
 
 def history_frame(runs: dict[str, dict]):
@@ -298,3 +300,22 @@ def embedding_to_position_ratio(cfg: INLConfig) -> dict[str, float]:
         out[init] = float(tok.norm(dim=-1).mean() / m.pe[:512].norm(dim=-1).mean())
     return out
 
+
+
+def parts_table(configs: dict[str, INLConfig]):
+    """Parameters by part (and in all) of each configured model."""
+    import pandas as pd
+    from .model import parameter_breakdown
+    rows = {}
+    for name, c in configs.items():
+        parts = parameter_breakdown(IntegratorLanguageModel(c))
+        rows[name] = {**parts, "total": sum(parts.values())}
+    return pd.DataFrame(rows).T
+
+
+def final_table(hist, entropy: float, bytes_per_token: float):
+    """Each model's last validation point, with bits per byte and its margin below the unigram entropy."""
+    final = hist.sort_values("step").groupby("model").last()
+    final["bits per byte"] = final.val_loss / math.log(2) / bytes_per_token
+    final["below unigram (nats)"] = entropy - final.val_loss
+    return final

@@ -46,10 +46,13 @@ def verdict(m: dict, margin: float = 0.5) -> str:
     reach = ": the seed's 3× is beyond what this design can reach." if m["speedup_ceiling"] < 3 else "."
     return (f"{head} At equal parameters and tokens the INL model reaches {m['val_loss_inl']:.3f} nats against the "
             f"transformer's {m['val_loss_transformer']:.3f}, taking {m['train_seconds_inl'] / m['train_seconds_transformer']:.1f}× "
-            f"its training time. Adaptive stopping used {m['mean_iterations_adaptive']:.2f} of {int(m['max_iterations'])} "
+            f"its training time" + (f" (with the seed's embedding initialisation the same transformer reaches "
+                                    f"{m['val_loss_transformer_seed_init']:.3f})" if "val_loss_transformer_seed_init" in m else "") +
+            f". Adaptive stopping used {m['mean_iterations_adaptive']:.2f} of {int(m['max_iterations'])} "
             f"iterations and ran at {m['speedup_adaptive_b1']:.2f}× (batch 1) / {m['speedup_adaptive_b8']:.2f}× (batch 8) the "
             f"fixed-K speed, against a FLOP ceiling of {m['speedup_ceiling']:.2f}×{reach} The seed's tolerance (‖Δx‖ < 1e-3) "
-            f"never fires here: the median step at the first check is {m['tol_calibrated']:.3g}.")
+            f"never fires here: the median step at the first check is {m['tol_calibrated']:.3g}. This run took "
+            f"{m['notebook_seconds'] / 60:.1f} min (quick budget: 10 min cold), {sum(v for k, v in m.items() if k.startswith('train_seconds_')):.0f} s of it training.")
 
 
 def collect(final, modes, mem: dict, params, entropy: float, emb: dict, init_ratio: dict, same_seed: bool,
