@@ -6,6 +6,7 @@ run never leaves a half-written file or folder that a later run would trust."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -155,3 +156,19 @@ def load_adam_state(opt, params, tensors: dict[str, torch.Tensor]) -> None:
         if f"adam/{i}/exp_avg" in tensors:
             opt.state[p] = {"exp_avg": tensors[f"adam/{i}/exp_avg"], "exp_avg_sq": tensors[f"adam/{i}/exp_avg_sq"],
                             "step": tensors[f"adam/{i}/step"][0]}
+
+
+def check_fields(cls, names) -> None:
+    """An error naming the unknown names and listing the dataclass's fields (a misspelt override is
+    caught, not silently dropped)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}")
+
+
+def preset_config(cls, base: dict, overrides: dict):
+    """`cls(**base)` with the overrides that are not None (a notebook parameter left at None keeps
+    the profile's value)."""
+    check_fields(cls, overrides)
+    return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})

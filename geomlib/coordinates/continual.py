@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 
 from llgbm.evaluation import build_batch, encode_pairs, evaluate_adapter, greedy_answers, target_logprobs
 from llgbm.tasks import get_task
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, warmup_lr
+from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
 
 from .host import CoordinateConfig, modulate
 
@@ -46,11 +46,7 @@ class CLConfig:
         base = {"smoke": dict(tasks=("add_1", "add_3", "country_en_to_de", "country_en_to_it"), seeds=(0, 1), steps=3,
                               batch_size=4, warmup=1, eval_items=4, replay_per_task=4, num_coordinates=32, predictor_hidden=16),
                 "quick": {}, "full": dict(steps=80, eval_items=100)}[check_profile(profile)]
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown CLConfig field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}")
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        return preset_config(cls, base, overrides)
 
     def coordinate_config(self, num_tasks: int = 0) -> CoordinateConfig:
         return CoordinateConfig(num_coordinates=self.num_coordinates, modulation_rank=self.modulation_rank, wavelets=self.wavelets,
@@ -117,8 +113,8 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
         host = modulate(model, cfg.coordinate_config(num_tasks=T if method == "coords_given" else 0))
         try:
             for t, name in enumerate(cfg.tasks):
-                mods = [p for m in host.layers.values() for n, p in m.named_parameters() if not n.startswith("base.")]
-                params = mods + ([host.task_theta] if method == "coords_given" else list(host.predictor.parameters()))
+                params = host.modulation_parameters() + ([host.task_theta] if method == "coords_given"
+                                                          else list(host.predictor.parameters()))
                 ctx = (lambda t=t: host.coordinates(task=t)) if method == "coords_given" else None
                 _train(model, tok, params, [pools[t]], [1.0], cfg, seed, t, ctx)
                 for i in range(t + 1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -127,10 +127,14 @@ class CoordinateHost(nn.Module):
             layer.theta = theta
 
     # bookkeeping ---------------------------------------------------------------------------
+    def modulation_parameters(self) -> list[nn.Parameter]:
+        """The modulated layers' own parameters (wavelet factors, directions, gates), not their base weights."""
+        return [p for m in self.layers.values() for n, p in m.named_parameters() if not n.startswith("base.")]
+
     def coordinate_parameters(self) -> list[nn.Parameter]:
-        """Everything this module added: wavelet factors, directions, gates, predictor, per-task θ."""
-        out = [p for m in self.layers.values() for n, p in m.named_parameters() if not n.startswith("base.")]
-        return out + list(self.predictor.parameters()) + ([self.task_theta] if self.task_theta is not None else [])
+        """Everything this module added: the modulation, the predictor and the per-task θ."""
+        return (self.modulation_parameters() + list(self.predictor.parameters())
+                + ([self.task_theta] if self.task_theta is not None else []))
 
     def parameter_breakdown(self) -> dict[str, int]:
         """The seed's table: embeddings, blocks (base weights), modulation, predictor, output."""
@@ -213,7 +217,3 @@ def GeometricLlama(config: dict, pooling: str = "causal", modulated: bool = True
                            pooling=pooling, predictor_hidden=p["hidden_dim"], predictor_layers=p["num_layers"],
                            **coord_overrides)
     return CoordinateHost(lm, cfg)
-
-
-def config_dict(cfg: CoordinateConfig) -> dict:
-    return asdict(cfg)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from llgbm.bench import median_time
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, seed_everything
+from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, seed_everything
 
 from geomlib.lm_eval import random_windows
 from .host import GeometricLlama
@@ -47,11 +47,7 @@ class ScratchConfig:
                               predictor_hidden=16, seq_len=32, batch_size=4, steps=6, warmup=2, eval_windows=4,
                               scaling_coordinates=(16, 32, 64), scaling_repeats=2),
                 "quick": {}, "full": dict(steps=1000, eval_windows=64)}[check_profile(profile)]
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown ScratchConfig field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}")
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        return preset_config(cls, base, overrides)
 
     def seed_config(self, vocab_size: int, num_coordinates: int | None = None) -> dict:
         """The seed's config layout (its YAML's `model:` keys) at this CPU size."""
@@ -154,8 +150,7 @@ def load_trained(path) -> tuple:
     state = json.loads(state_path.read_text())
     model = GeometricLlama(state["config"], pooling="sequence" if state["kind"].startswith("leaky") else "causal",
                            modulated=state["kind"] != "plain", init="zero" if state["kind"].endswith("zero_init") else "seed")
-    opt = make_optimizer(model) if state["kind"] != "plain" else torch.optim.AdamW(model.parameters())
-    load_checkpoint(path, model, opt)
+    load_checkpoint(path, model)
     return model, torch.tensor(state["vocab"]), state
 
 
@@ -218,3 +213,38 @@ class CompactTokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         return self.tok.decode(self.vocab[torch.as_tensor(ids)].tolist(), skip_special_tokens=skip_special_tokens)
+
+
+def scratch_table(scratch: dict[str, dict], bytes_per_token: float):
+    import pandas as pd
+    return pd.DataFrame({k: dict(val_loss=v["val_loss"], bits_per_byte=v["val_loss"] / math.log(2) / bytes_per_token,
+                                 params=v["params"]["total"], seconds=v["seconds"]) for k, v in scratch.items()}).T
+
+
+def scratch_figure(scratch: dict[str, dict], entropy: float):
+    import pandas as pd
+    import seaborn as sns
+    hist = pd.DataFrame([dict(model=k, **h) for k, v in scratch.items() for h in v["history"]])
+    ax = sns.lineplot(hist, x="step", y="val_loss", hue="model", marker="o")
+    ax.axhline(entropy, color="k", ls=":", label="unigram entropy")
+    ax.set(xlabel="training step", ylabel="validation loss (nats/token)", title="Does modulation help from scratch, and does the leak show?")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def theta_figure(proj, silhouette_family: float):
+    import seaborn as sns
+    ax = sns.scatterplot(proj, x="pc1", y="pc2", hue="task", style="family", s=30)
+    ax.set(xlabel="first principal component of θ/‖θ‖", ylabel="second principal component",
+           title=f"Do tasks of one family share coordinates? (silhouette by family {silhouette_family:.2f})")
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def parameter_metrics(scratch: dict[str, dict]) -> dict[str, int]:
+    """What the seed's "10M" config builds (counted on the meta device) and the two from-scratch models."""
+    from .host import SEED_CONFIG
+    with torch.device("meta"):
+        seed = GeometricLlama(SEED_CONFIG).parameter_breakdown()
+    return dict(params_seed_config=seed["total"], params_seed_modulation=seed["modulation"],
+                params_geometric_llama=scratch["geometric"]["params"]["total"], params_plain_llama=scratch["plain"]["params"]["total"])

@@ -89,10 +89,12 @@ def save_checkpoint(path: Path | str, host, opt, step: int, extra: dict | None =
         (tmp / "state.json").write_text(json.dumps(dict(step=step, **(extra or {}))))
 
 
-def load_checkpoint(path: Path | str, host, opt) -> dict:
+def load_checkpoint(path: Path | str, host, opt=None) -> dict:
+    """Weights into `host` and, when an optimizer is given (to resume training), its AdamW state."""
     path = Path(path)
     if not (path / "state.json").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected state.json, model.safetensors, optimizer.safetensors)")
     load_model(host, str(path / "model.safetensors"))
-    load_adam_state(opt, [p for g in opt.param_groups for p in g["params"]], load_file(path / "optimizer.safetensors"))
+    if opt is not None:
+        load_adam_state(opt, [p for g in opt.param_groups for p in g["params"]], load_file(path / "optimizer.safetensors"))
     return json.loads((path / "state.json").read_text())

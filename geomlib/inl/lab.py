@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from geomlib.lm_eval import random_windows
 from llgbm.utils import (adam_state_tensors, atomic_dir, atomic_write_json, check_profile, config_hash, llgbm_home,
-                         load_adam_state, seed_everything, warmup_lr)
+                         load_adam_state, preset_config, seed_everything, warmup_lr)
 
 from .loss import IntegratorLoss, create_cycle_scheduler
 from .model import INLConfig, IntegratorLanguageModel, size_config
@@ -53,11 +53,7 @@ class INLLabConfig:
                               eval_windows=4, bench_prompt=8, bench_new_tokens=4, bench_repeats=1, memory_steps=2,
                               determinism_steps=2),
                 "quick": {}, "full": dict(steps=1500, eval_windows=96, bench_repeats=5)}[check_profile(profile)]
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown INLLabConfig field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}")
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        return preset_config(cls, base, overrides)
 
 
 def val_windows(corpus: dict, cfg: INLLabConfig) -> torch.Tensor:
@@ -319,3 +315,14 @@ def final_table(hist, entropy: float, bytes_per_token: float):
     final["bits per byte"] = final.val_loss / math.log(2) / bytes_per_token
     final["below unigram (nats)"] = entropy - final.val_loss
     return final
+
+
+def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig):
+    """Training-memory runs (fresh processes) of the INL model, the transformer and the INL model with
+    gradient checkpointing: ({name: report}, the table)."""
+    import pandas as pd
+    models = {"inl": configs["inl"], "transformer": configs["transformer"],
+              "inl + checkpointing": replace(configs["inl"], gradient_checkpointing=True)}
+    mem = {name: memory_run(c, cfg, cfg.memory_steps) for name, c in models.items()}
+    return mem, pd.DataFrame(mem).T[["params", "peak_above_start_mb", "peak_rss_mb", "seconds_per_step"]]
+

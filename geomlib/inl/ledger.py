@@ -1,6 +1,10 @@
-"""Notebook 13's claims-ledger rows and verdict, computed from its metrics (so the wording follows the
-numbers of each run, never the other way round)."""
+"""Notebook 13's figures, metrics, claims-ledger rows and verdict, computed from its results (so the
+wording follows the numbers of each run, never the other way round)."""
 from __future__ import annotations
+
+import torch
+
+from .lab import iteration_frame
 
 
 def claims(m: dict) -> list[tuple[str, str, str]]:
@@ -82,3 +86,27 @@ def collect(final, modes, mem: dict, params, entropy: float, emb: dict, init_rat
                val_loss_lowrank_embedding_minus_full=final.val_loss["transformer"] - final.val_loss["transformer_full_embedding"],
                embedding_to_position_norm_seed_init=init_ratio["seed"], embedding_to_position_norm_scaled_init=init_ratio["scaled"])
     return out
+
+
+def loss_figure(hist, entropy: float):
+    """Validation loss against training compute and against wall time, side by side."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained", sharey=True)
+    for ax, x in zip(axes, ["train PFLOPs", "seconds"]):
+        sns.lineplot(hist, x=x, y="val_loss", hue="model", marker="o", ax=ax)
+        ax.axhline(entropy, color="k", ls=":", label="unigram entropy")
+    axes[0].set(xlabel="training compute (PFLOP, matmuls)", ylabel="validation loss (nats/token)", title="Which model learns more per FLOP?")
+    axes[1].set(xlabel="training wall time (s, 2 CPU cores)", title="…and per second of this machine?")
+    axes[1].legend(fontsize=8)
+    return fig
+
+
+def iteration_figure(iters: dict[str, torch.Tensor]):
+    """Per-layer histograms of the iterations each token used, one colour per mode."""
+    import seaborn as sns
+    g = sns.displot(iteration_frame(iters), x="iterations", col="layer", hue="mode", multiple="dodge", discrete=True,
+                    shrink=0.8, height=2.8, aspect=0.9, stat="probability", common_norm=False)
+    g.set_axis_labels("iterations used (per token)", "share of tokens")
+    g.figure.suptitle("How many iterations does each layer use before it stops?", y=1.05)
+    return g.figure

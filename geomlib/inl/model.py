@@ -6,12 +6,14 @@ keeps a KV cache; the relaxation is per token, so it needs no cache of its own."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from llgbm.utils import check_fields
 
 from .layer import EARLY_STOP, IntegratorConfig, IntegratorNeuronLayer
 
@@ -233,10 +235,7 @@ def size_config(size: str, vocab_size: int = 50000, **overrides) -> INLConfig:
         raise ValueError(f"size {size!r} appears only in the seed's README; its code defines {', '.join(SIZES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known sizes: {', '.join(SIZES)}")
-    known = {f.name for f in fields(INLConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown INLConfig field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}")
+    check_fields(INLConfig, overrides)
     d, n, h, it, ff = SIZES[size]
     return INLConfig(vocab_size=vocab_size, d_model=d, num_layers=n, num_heads=h, num_iterations=it, ff_dim=ff, **overrides)
 
