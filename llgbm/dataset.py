@@ -97,26 +97,57 @@ def create_dataloader(dataset: DeltaAugmentedDataset, batch_size: int = 4, shuff
 
 class GeneratorData:
     """Generator training batches drawn from a training-split DeltaAugmentedDataset: each task's
-    prompts encoded once (MiniLM on CPU would otherwise dominate every step), the dataset's tokens
-    with their padding mask and DnD's per-token loss weights, and its deltas."""
+    condition texts encoded once (MiniLM on CPU would otherwise dominate every step), the dataset's
+    tokens with their padding mask and DnD's per-token loss weights, and its deltas.
 
-    def __init__(self, dataset: DeltaAugmentedDataset, encoder, gcfg: GeneratorConfig):
+    The condition is DnD's by default: `n_prompts` unlabeled prompts of the task. With `labeled=True`
+    it is made of labeled examples (prompt + answer, what few-shot prompting sees), and with `shots`
+    each condition holds that many distinct examples, repeated to fill the `n_prompts` channels (as
+    a held-out task conditioned on its `shots` demonstrations is)."""
+
+    def __init__(self, dataset: DeltaAugmentedDataset, encoder, gcfg: GeneratorConfig, labeled: bool = False,
+                 shots: int | None = None):
         if dataset.split != "train":
             raise ValueError(f"a generator trains on the 'train' split only, got a {dataset.split!r} dataset")
+        if shots is not None and not 1 <= shots <= gcfg.n_prompts:
+            raise ValueError(f"shots must be between 1 and n_prompts={gcfg.n_prompts}, got {shots}")
         self.dataset, self.gcfg, self.lora_tokenizer = dataset, gcfg, dataset.tokenizer
+        self.labeled, self.shots = labeled, shots
         self.rows, self.tasks, self.deltas = dataset.rows, dataset.tasks, dataset.deltas
-        self.encoded = {t: encode_prompts(encoder, get_task(t).prompts("train"), gcfg.prompt_tokens) for t in self.tasks}
+        self.encoded = {t: encode_prompts(encoder, condition_texts(get_task(t), labeled), gcfg.prompt_tokens)
+                        for t in self.tasks}
         tokens = dataset.token_tensor()
         self.weights = token_weights(tokens)
         self.mask = dataset.tokenizer.mask()          # one padding pattern per layout
         self.tokens = tokens.nan_to_num_()            # targets are NaN-free from here on; the mask remembers
 
     def fingerprint(self, with_deltas: bool = True) -> str:
-        return self.dataset.fingerprint(with_deltas)
+        base = self.dataset.fingerprint(with_deltas)
+        if not self.labeled and self.shots is None:
+            return base                                # DnD's condition: the key of every earlier run
+        return hash_bytes(base.encode(), f"labeled={self.labeled},shots={self.shots}".encode())[:16]
+
+    def condition(self, task: str, rng: np.random.Generator) -> torch.Tensor:
+        encoded = self.encoded[task]
+        if self.shots is None:
+            return sample_condition(encoded, self.gcfg.n_prompts, rng)
+        pick = sample_condition(encoded, self.shots, rng)
+        return pick[torch.arange(self.gcfg.n_prompts) % self.shots]
+
+    def draw(self, rng: np.random.Generator, batch_size: int):
+        """(dataset rows, condition, teacher tokens, teacher deltas or None) for `batch_size` random checkpoints."""
+        idx = rng.integers(0, len(self.rows), size=batch_size)
+        cond = torch.stack([self.condition(self.rows[i]["task"], rng) for i in idx])
+        t = torch.as_tensor(idx)
+        return idx, cond, self.tokens[t], None if self.deltas is None else self.deltas[t]
 
     def batch(self, rng: np.random.Generator, batch_size: int):
         """(condition, teacher tokens, teacher deltas or None) for `batch_size` random checkpoints."""
-        idx = rng.integers(0, len(self.rows), size=batch_size)
-        cond = torch.stack([sample_condition(self.encoded[self.rows[i]["task"]], self.gcfg.n_prompts, rng) for i in idx])
-        t = torch.as_tensor(idx)
-        return cond, self.tokens[t], None if self.deltas is None else self.deltas[t]
+        return self.draw(rng, batch_size)[1:]
+
+
+def condition_texts(task, labeled: bool = False, pairs=None) -> list[str]:
+    """What a generator is conditioned on: the task's prompts (DnD), or with `labeled` its examples
+    written out with their answers, as a few-shot prompt shows them. `pairs` defaults to the train split."""
+    pairs = task.train if pairs is None else pairs
+    return [task.prompt(x) + (task.target(y) if labeled else "") for x, y in pairs]

@@ -12,7 +12,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from safetensors.torch import save_file
 
 
@@ -47,14 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     sup = lab.supervision
 
     drawn = []
-    batch = data.batch
+    draw = data.draw
 
-    def recording_batch(rng, batch_size):      # remember which checkpoints this rank trained on
-        peek = np.random.default_rng()
-        peek.bit_generator.state = rng.bit_generator.state
-        drawn.append(peek.integers(0, len(data.rows), size=batch_size).tolist())
-        return batch(rng, batch_size)
-    data.batch = recording_batch
+    def recording_draw(rng, batch_size):       # remember which checkpoints this rank trained on
+        out = draw(rng, batch_size)
+        drawn.append(out[0].tolist())
+        return out
+    data.draw = recording_draw
 
     if acc.is_main_process:                    # the weights train() starts from, for the record
         torch.manual_seed(args.seed)

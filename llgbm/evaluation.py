@@ -16,9 +16,10 @@ from .models import backbone_and_head
 from .tasks import Task
 
 
-def encode_pairs(tokenizer, task: Task, pairs) -> list[tuple[list[int], list[int]]]:
-    """Prompt and target are tokenised apart so the answer boundary is exact."""
-    prompts = tokenizer([task.prompt(x) for x, _ in pairs], add_special_tokens=False).input_ids
+def encode_pairs(tokenizer, task: Task, pairs, prefix: str = "") -> list[tuple[list[int], list[int]]]:
+    """Prompt and target are tokenised apart so the answer boundary is exact. `prefix` goes before
+    every prompt (few-shot demonstrations)."""
+    prompts = tokenizer([prefix + task.prompt(x) for x, _ in pairs], add_special_tokens=False).input_ids
     targets = tokenizer([task.target(y) for _, y in pairs], add_special_tokens=False).input_ids
     return list(zip(prompts, targets))
 
@@ -46,12 +47,12 @@ def target_logprobs(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32) -> np.ndarray:
+def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32, prefix: str = "") -> np.ndarray:
     """Per item: mean log-probability per gold-answer token (the terminating newline included)."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(pairs), batch_size):
-        encoded = encode_pairs(tokenizer, task, pairs[i:i + batch_size])
+        encoded = encode_pairs(tokenizer, task, pairs[i:i + batch_size], prefix)
         batch = build_batch(encoded, tokenizer.pad_token_id, device)
         lp = target_logprobs(model, batch)
         counts = [len(t) for _, t in encoded]
@@ -60,11 +61,12 @@ def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32) -> np
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, task: Task, inputs, max_new_tokens: int, batch_size: int = 32) -> list[str]:
+def greedy_answers(model, tokenizer, task: Task, inputs, max_new_tokens: int, batch_size: int = 32,
+                   prefix: str = "") -> list[str]:
     device = next(model.parameters()).device
     answers = []
     for i in range(0, len(inputs), batch_size):
-        prompts = tokenizer([task.prompt(x) for x in inputs[i:i + batch_size]], add_special_tokens=False).input_ids
+        prompts = tokenizer([prefix + task.prompt(x) for x in inputs[i:i + batch_size]], add_special_tokens=False).input_ids
         length = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts], device=device)
         attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -91,20 +93,25 @@ class TaskScores:
         return float(self.loglik.mean())
 
 
-def evaluate_task(model, tokenizer, task: Task, n: int | None = None, batch_size: int = 32) -> TaskScores:
-    """Score the first `n` test items (all when None): greedy exact match and gold log-likelihood."""
+def evaluate_task(model, tokenizer, task: Task, n: int | None = None, batch_size: int = 32, prefix: str = "",
+                  loglik_only: bool = False) -> TaskScores:
+    """Score the first `n` test items (all when None): greedy exact match and gold log-likelihood
+    (`loglik_only`: the log-likelihood alone, `correct` all NaN). `prefix` precedes every prompt."""
     pairs = task.test[:n]
+    ll = gold_loglik(model, tokenizer, task, pairs, batch_size, prefix)
+    if loglik_only:
+        return TaskScores(task.name, np.full(len(pairs), np.nan), ll)
     gold_len = max(len(tokenizer(task.target(y), add_special_tokens=False).input_ids) for _, y in pairs)
-    preds = greedy_answers(model, tokenizer, task, [x for x, _ in pairs], gold_len + 1, batch_size)
+    preds = greedy_answers(model, tokenizer, task, [x for x, _ in pairs], gold_len + 1, batch_size, prefix)
     correct = np.array([task.score(p, y) for p, (_, y) in zip(preds, pairs)])
-    return TaskScores(task.name, correct, gold_loglik(model, tokenizer, task, pairs, batch_size), preds)
+    return TaskScores(task.name, correct, ll, preds)
 
 
 def evaluate_adapter(model, tokenizer, task: Task, adapter=None, n: int | None = None, lora_config=None,
-                     batch_size: int = 32) -> TaskScores:
-    """`evaluate_task` with LoRA weights applied: None (the base model), a peft adapter folder, or a
-    state dict with its LoraConfig. The base model is left clean."""
+                     batch_size: int = 32, **kw) -> TaskScores:
+    """`evaluate_task` (and its keywords) with LoRA weights applied: None (the base model), a peft
+    adapter folder, or a state dict with its LoraConfig. The base model is left clean."""
     if adapter is None:
-        return evaluate_task(model, tokenizer, task, n, batch_size)
+        return evaluate_task(model, tokenizer, task, n, batch_size, **kw)
     with lora_applied(model, adapter, lora_config) as adapted:
-        return evaluate_task(adapted, tokenizer, task, n, batch_size)
+        return evaluate_task(adapted, tokenizer, task, n, batch_size, **kw)

@@ -5,14 +5,14 @@ nearest training task's LoRA, the task's own teacher), scored once and cached.""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import delta, generate, models, probes, tasks, training, zoo
+from . import delta, generation, models, outputs, probes, tasks, training, zoo
 from .dataset import DeltaAugmentedDataset, GeneratorData
 from .evaluation import evaluate_adapter
 from .generator import GeneratorConfig
@@ -43,6 +43,7 @@ class GeneratorLab:
     supervision: training.DeltaSupervision | None
     gcfg: GeneratorConfig
     tcfg: training.TrainingConfig
+    _cache: dict = field(default_factory=dict, repr=False)   # labeled datasets, output supervision
 
     @classmethod
     def load(cls, profile: str, model_name: str | None = None, with_deltas: bool = True, model=None, tokenizer=None,
@@ -90,22 +91,65 @@ class GeneratorLab:
     def config(self, objective: str, **overrides) -> training.TrainingConfig:
         return replace(self.tcfg.with_objective(objective), **overrides)
 
-    def train(self, objective: str, seed: int, progress: bool = True, **overrides) -> training.TrainResult:
-        return training.train(self.data, self.gcfg, self.config(objective, **overrides), seed, self.supervision,
-                              progress=progress)
+    def data_for(self, labeled: bool = False, shots: int | None = None, tasks: list[str] | None = None) -> GeneratorData:
+        """The training batches: DnD's (the default), conditioned on labeled examples, or over a subset
+        of the training tasks (training-task scaling). Built once per variant."""
+        key = (labeled, shots, tuple(tasks) if tasks is not None else None)
+        if key == (False, None, None):
+            return self.data
+        if key not in self._cache:
+            ds = self.dataset
+            if tasks is not None:
+                unknown = sorted(set(tasks) - set(self.training_tasks))
+                if unknown:
+                    raise ValueError(f"not training tasks of this zoo: {unknown}; training tasks: {self.training_tasks}")
+                keep = [i for i, r in enumerate(self.manifest) if r["task"] in tasks]
+                ds = DeltaAugmentedDataset(self.root, [self.manifest[i] for i in keep],
+                                           None if self.deltas is None else self.deltas[keep], self.lora_tokenizer,
+                                           split="train", prompts_per_item=self.gcfg.n_prompts)
+            self._cache[key] = GeneratorData(ds, self.encoder, self.gcfg, labeled=labeled, shots=shots)
+        return self._cache[key]
 
-    def evaluate(self, result: training.TrainResult, progress: bool = True) -> dict[str, dict]:
+    @property
+    def outputs(self) -> outputs.OutputSupervision:
+        """kd / sft supervision over the training tasks' example pools (teacher outputs cached on disk)."""
+        if "outputs" not in self._cache:
+            self._cache["outputs"] = outputs.OutputSupervision(
+                self.model, self.tokenizer, self.training_tasks, self.root, self.zoo_cfg.lora_config(), self.lora_tokenizer,
+                models.model_fingerprint(self.model_name), self.tcfg.sft_examples, self.tcfg.sft_per_adapter,
+                self.tcfg.kd_top_k)
+        return self._cache["outputs"]
+
+    def train(self, objective: str, seed: int, progress: bool = True, labeled: bool = False, shots: int | None = None,
+              tasks: list[str] | None = None, **overrides) -> training.TrainResult:
+        cfg = self.config(objective, **overrides)
+        return training.train(self.data_for(labeled, shots, tasks), self.gcfg, cfg, seed, self.supervision,
+                              progress=progress, outputs=self.outputs if cfg.uses_outputs else None,
+                              meta=dict(base_model=self.model_name, model_fingerprint=models.model_fingerprint(self.model_name)))
+
+    def check_generator(self, run_dir: Path | str) -> None:
+        """Refuse a generator run trained for another base model than this lab's."""
+        path = Path(run_dir) / "config.json"
+        saved = json.loads(path.read_text()).get("model_fingerprint") if path.exists() else None
+        if saved is not None and saved != models.model_fingerprint(self.model_name):
+            raise ValueError(f"the generator in {run_dir} was trained for another base model "
+                             f"({json.loads(path.read_text()).get('base_model')}), not {self.model_name!r}: "
+                             f"load the lab for that model, or train a generator for this one")
+
+    def evaluate(self, result: training.TrainResult, progress: bool = True, condition=None, loglik_only: bool = False,
+                 n_items: int | None = None) -> dict[str, dict]:
+        """Held-out scores of a generator run (see `generation.evaluate`); `n_items` defaults to the profile's."""
         with_delta = self.supervision is not None
-        return generate.evaluate(result, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
-                                 self.zoo_cfg.lora_config(), self.heldout, self.tcfg.eval_items,
+        return generation.evaluate(result, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
+                                 self.zoo_cfg.lora_config(), self.heldout, n_items or self.tcfg.eval_items,
                                  self.supervision if with_delta else None, self.teacher_deltas() if with_delta else None,
-                                 progress)
+                                 progress, condition, loglik_only)
 
     def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
         """Per training task: mean cos(Δ of the adapter generated from its prompts, its teachers' Δ)."""
         out = {}
         for t in self.data.tasks:
-            tokens = generate.generate_tokens(result.generator, self.encoder, tasks.get_task(t).prompts("train"))
+            tokens = generation.generate_tokens(result.generator, self.encoder, tasks.get_task(t).prompts("train"))
             with torch.no_grad():
                 d = self.supervision(tokens[None])[0].numpy()
             out[t] = float(np.mean(cosine(d, self.teacher_deltas([t])[t])))
@@ -113,7 +157,7 @@ class GeneratorLab:
 
     def generation_seconds(self, result: training.TrainResult, names: list[str], out_dir: Path) -> list[float]:
         """Seconds to write a generated peft adapter folder for each task, end to end."""
-        return [generate.generate_adapter(result.generator, self.encoder, self.lora_tokenizer, self.zoo_cfg.lora_config(),
+        return [generation.generate_adapter(result.generator, self.encoder, self.lora_tokenizer, self.zoo_cfg.lora_config(),
                                           tasks.get_task(t).prompts("train"), Path(out_dir) / t)[1] for t in names]
 
     # ------------------------------------------------------------------ held-out baselines

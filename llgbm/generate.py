@@ -1,79 +1,81 @@
-"""Generation and zero-shot evaluation: a trained generator turns a task's unlabeled prompts into
-LoRA weights (DnD tokens -> a peft state dict -> a standard peft adapter folder), and those weights
-are scored on tasks the generator never saw."""
+"""`python -m llgbm.generate`: a peft adapter for a task (a registered one, or a file of prompts)
+from a trained generator, and the same as one call from Python (`generate_for_task`).
+
+    python -m llgbm.generate --task NAME | --prompts FILE --out DIR [--objective sft] [--profile quick]
+
+The profile's generator is reused from its cache or trained first (with a progress bar); the
+adapter loads with `PeftModel.from_pretrained(base_model, DIR)`."""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from .evaluation import TaskScores, evaluate_adapter
-from .generator import HyperConvGenerator, encode_prompts
-from .lora import save_adapter
-from .stats import cosine
+from .experiment import GeneratorLab
+from .generation import evaluate, generate_adapter, generate_tokens  # noqa: F401 (the engine, importable from here too)
 from .tasks import get_task
-from .tokenizer import LoRATokenizer2D
-from .utils import atomic_write_json, hash_bytes
+from .training import OBJECTIVES
+from .utils import PROFILES, atomic_write_json
 
 
-@torch.no_grad()
-def generate_tokens(gen: HyperConvGenerator, encoder, prompts: list[str]) -> torch.Tensor:
-    """Prompts -> generated DnD tokens (n_tokens, r + 2, chunk), conditioned on the first n_prompts."""
+def read_prompts(path: Path | str) -> list[str]:
+    """A prompt file: one prompt per line, blank lines ignored; `\\n` inside a line stands for a newline."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    prompts = [line.replace("\\n", "\n") for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("no prompts to condition the generator on: pass at least one prompt")
-    gcfg = gen.cfg
-    encoded = encode_prompts(encoder, prompts[: gcfg.n_prompts], gcfg.prompt_tokens)
-    if len(encoded) < gcfg.n_prompts:   # too few prompts: repeat them (DnD conditions on a fixed count)
-        encoded = encoded[torch.arange(gcfg.n_prompts) % len(encoded)]
-    return gen.eval()(encoded[None])[0]
+        raise ValueError(f"prompt file {path} has no prompts: write one prompt per line (blank lines are ignored)")
+    return prompts
 
 
-@torch.no_grad()
-def generate_adapter(gen: HyperConvGenerator, encoder, lora_tokenizer: LoRATokenizer2D, lora_config,
-                     prompts: list[str], out_dir: Path | str) -> tuple[Path, float]:
-    """Prompts -> a peft adapter folder (loads with PeftModel.from_pretrained); returns it and the seconds
-    it took end to end (encoding, generation, detokenisation, writing)."""
-    t0 = time.perf_counter()
-    state = lora_tokenizer.detokenize(generate_tokens(gen, encoder, prompts))
-    out = save_adapter(state, lora_config, out_dir)
-    return out, time.perf_counter() - t0
+def generate_for_task(out_dir: Path | str, task: str | None = None, prompts: list[str] | None = None,
+                      objective: str = "sft", profile: str = "quick", seed: int = 0, lab=None,
+                      progress: bool = True, **train_overrides) -> Path:
+    """A peft adapter folder for a task, from the profile's trained generator (trained first, with a
+    progress bar, if it is not cached): conditioned on a registered task's train prompts (`task`) or
+    on your own `prompts`. Load it with `PeftModel.from_pretrained(base_model, out_dir)`.
+    `train_overrides` (e.g. steps) go to the generator's TrainingConfig."""
+    if (task is None) == (prompts is None):
+        raise ValueError("pass exactly one of task (a registered task's name) or prompts (a list of prompt strings)")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if task is not None:
+        prompts = get_task(task).prompts("train")     # KeyError naming the known tasks
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError("no prompts to condition the generator on: pass at least one non-empty prompt")
+    lab = lab or GeneratorLab.load(profile, with_deltas=objective in ("multitask", "delta", "delta+sft"))
+    result = lab.train(objective, seed, progress=progress, **train_overrides)
+    lab.check_generator(result.run_dir)
+    out, _ = generate_adapter(result.generator, lab.encoder, lab.lora_tokenizer, lab.zoo_cfg.lora_config(), prompts,
+                              out_dir)
+    atomic_write_json(Path(out) / "llgbm_generation.json",
+                      dict(base_model=lab.model_name, generator_run=str(result.run_dir), objective=objective, seed=seed,
+                           profile=lab.profile, steps=len(result.history["loss"]), task=task, n_prompts=len(prompts)))
+    return Path(out)
 
 
-def evaluate(result, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D, lora_config,
-             task_names: list[str], n_items: int, supervision=None,
-             teacher_deltas: dict[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, dict]:
-    """Score a trained generator (a `training.TrainResult`) on tasks it never saw, from each task's
-    unlabeled train prompts.
+def main(argv: list[str] | None = None) -> int:
+    """python -m llgbm.generate --task NAME | --prompts FILE --out DIR [--objective …] [--profile …]"""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m llgbm.generate",
+                                description="Write a peft LoRA adapter for a task from a trained LLGBM generator.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="a registered task's name (its train prompts condition the generator)")
+    src.add_argument("--prompts", help="a text file of prompts, one per line")
+    p.add_argument("--out", required=True, help="the adapter folder to write")
+    p.add_argument("--objective", default="sft", choices=list(OBJECTIVES))
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        prompts = read_prompts(args.prompts) if args.prompts else None
+        out = generate_for_task(args.out, task=args.task, prompts=prompts, objective=args.objective,
+                                profile=args.profile, seed=args.seed)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    print(f"wrote {out}: load it with PeftModel.from_pretrained(base_model, {str(out)!r})")
+    return 0
 
-    Per task: `correct` and `loglik` per test item (the first `n_items`), cached in the run folder; and,
-    with `supervision` and `teacher_deltas` ({task: (k, hidden) deltas of its zoo checkpoints}),
-    `delta` (the generated Δ) and `delta_cos` (its cosine with each teacher checkpoint's Δ), which
-    cost one probe forward per task and are recomputed every time."""
-    key = hash_bytes(json.dumps(dict(tasks=list(task_names), n=n_items, step=len(result.history.get("loss", []))))
-                     .encode())[:12]
-    cache = result.run_dir / f"eval_{key}.json" if result.run_dir is not None else None
-    scores = None
-    if cache is not None and cache.exists():
-        scores = {t: {k: np.asarray(v) for k, v in d.items()} for t, d in json.loads(cache.read_text()).items()}
-    out = {}
-    for name in tqdm(task_names, desc="evaluate", disable=not progress, leave=False):
-        task = get_task(name)
-        tokens = generate_tokens(result.generator, encoder, task.prompts("train"))
-        if scores is not None:
-            row = dict(scores[name])
-        else:
-            s: TaskScores = evaluate_adapter(model, tokenizer, task, lora_tokenizer.detokenize(tokens), n=n_items,
-                                             lora_config=lora_config)
-            row = dict(correct=s.correct.astype(float), loglik=s.loglik)
-        if supervision is not None and teacher_deltas is not None:
-            with torch.no_grad():
-                d = supervision(tokens[None])[0].numpy()
-            row["delta"], row["delta_cos"] = d, cosine(d, teacher_deltas[name])
-        out[name] = row
-    if cache is not None and scores is None:
-        atomic_write_json(cache, {t: {k: np.asarray(d[k]).tolist() for k in ("correct", "loglik")} for t, d in out.items()})
-    return out
+
+if __name__ == "__main__":
+    raise SystemExit(main())

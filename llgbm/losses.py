@@ -1,6 +1,7 @@
-"""The generator's objectives (phases 3–5): the delta of generated LoRA weights through the frozen
+"""The generator's objectives (phases 3–6): the delta of generated LoRA weights through the frozen
 base model (DeltaSupervision), the delta loss, and LLGBM's MultiTaskLoss / DeltaOnlyLoss:
-Loss = λ_w·L_weight(generated tokens, teacher tokens) + λ_d·L_delta(Δ_generated, Δ_teacher).
+Loss = λ_w·L_weight(generated tokens, teacher tokens) + λ_d·L_delta(Δ_generated, Δ_teacher)
+     + λ_kd·KL(teacher ‖ generated) + λ_sft·L_sft (phase 6; both from llgbm.outputs).
 
 L_delta is the squared error of the delta relative to the teacher delta's squared norm (1 for a
 generator that predicts no change), so the two terms start on the same scale."""
@@ -44,19 +45,22 @@ def delta_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> t
 
 
 class MultiTaskLoss(nn.Module):
-    """λ_w·L_weight + λ_d·L_delta; returns the total and its terms. The weight term is always computed
-    (it is cheap, and every objective logs it); the delta term only when λ_d > 0, since it costs a
-    forward and backward pass of the base model."""
+    """λ_w·L_weight + λ_d·L_delta + λ_kd·L_kd + λ_sft·L_sft; returns the total and its terms. The
+    weight term is always computed (it is cheap, and every objective logs it); the others only when
+    their λ > 0, since each costs a forward and backward pass of the base model. The output terms
+    arrive computed (`outputs`: {"kd": …, "sft": …} from `outputs.OutputSupervision`)."""
 
     def __init__(self, lambda_w: float = 1.0, lambda_d: float = 1.0, token_weights: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None, target_noise: float = 0.0):
+                 mask: torch.Tensor | None = None, target_noise: float = 0.0, lambda_kd: float = 0.0,
+                 lambda_sft: float = 0.0):
         super().__init__()
-        if lambda_w < 0 or lambda_d < 0 or lambda_w + lambda_d == 0:
-            raise ValueError(f"need λ_w, λ_d ≥ 0 and not both 0, got λ_w={lambda_w}, λ_d={lambda_d}")
-        self.lambda_w, self.lambda_d = lambda_w, lambda_d
+        lambdas = dict(λ_w=lambda_w, λ_d=lambda_d, λ_kd=lambda_kd, λ_sft=lambda_sft)
+        if min(lambdas.values()) < 0 or sum(lambdas.values()) == 0:
+            raise ValueError(f"need every λ ≥ 0 and not all 0, got {', '.join(f'{k}={v:g}' for k, v in lambdas.items())}")
+        self.lambda_w, self.lambda_d, self.lambda_kd, self.lambda_sft = lambda_w, lambda_d, lambda_kd, lambda_sft
         self.token_weights, self.mask, self.target_noise = token_weights, mask, target_noise
 
-    def forward(self, pred_tokens, target_tokens, pred_delta=None, target_delta=None):
+    def forward(self, pred_tokens, target_tokens, pred_delta=None, target_delta=None, outputs=None):
         l_w = weight_loss(pred_tokens, target_tokens, self.token_weights, self.target_noise, mask=self.mask)
         terms = {"weight": l_w}
         total = self.lambda_w * l_w
@@ -65,6 +69,12 @@ class MultiTaskLoss(nn.Module):
                 raise ValueError("λ_d > 0 needs the generated and teacher deltas")
             terms["delta"] = delta_loss(pred_delta, target_delta)
             total = total + self.lambda_d * terms["delta"]
+        for name, lam in (("kd", self.lambda_kd), ("sft", self.lambda_sft)):
+            if lam:
+                if outputs is None or name not in outputs:
+                    raise ValueError(f"λ_{name} > 0 needs the {name} loss of the generated adapters (outputs[{name!r}])")
+                terms[name] = outputs[name]
+                total = total + lam * outputs[name]
         return total, terms
 
 

@@ -51,7 +51,7 @@ def check_params(**params) -> dict:
                 raise ParameterError(f"parameter model_name={v!r}: expected None, a preset ('smollm2', 'tiny') "
                                      f"or a local Hugging Face folder")
         elif name in ("eval_items", "n_timing", "prompts_per_item", "calib_windows", "eval_windows", "steps",
-                      "bench_repeats"):
+                      "bench_repeats", "weight_steps", "lm_steps"):
             _positive_int(name, v)
         elif name in ("seed",):
             _positive_int(name, v, allow_none=False, minimum=0)
@@ -64,7 +64,7 @@ def check_params(**params) -> dict:
                                   not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in v)):
                 raise ParameterError(f"parameter seeds={v!r}: expected None or a non-empty list of integers ≥ 0")
         elif name == "objectives":
-            _subset(name, v, list(OBJECTIVES))
+            _subset(name, v, list(OBJECTIVES), allow_none=True)
         elif name == "tasks":
             _subset(name, v, list_tasks(), allow_none=True)
         elif name == "ratios":
@@ -72,5 +72,5 @@ def check_params(**params) -> dict:
         else:
             raise ParameterError(f"unknown parameter {name!r}; this lab's notebooks take: profile, model_name, eval_items, "
                                  f"n_timing, prompts_per_item, seed, seeds, steps_factor, objectives, tasks, ratios, "
-                                 f"calib_windows, eval_windows, ft_steps, steps, bench_repeats")
+                                 f"calib_windows, eval_windows, ft_steps, steps, bench_repeats, weight_steps, lm_steps")
     return params

@@ -112,8 +112,12 @@ def _load_state(path: Path, model, opt):
 
 
 def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConfig, root: Path,
-                  stop_after: int | None = None, progress: bool = True, matmul_peak: float | None = None) -> dict | None:
+                  stop_after: int | None = None, progress: bool = True, matmul_peak: float | None = None,
+                  task=None) -> dict | None:
     """Train (or resume, or skip if finished) one teacher run; return its run record.
+
+    `task` (default: the registered task `task_name`) may be any object with a task's train/test
+    pairs, prompt, target and score, such as the multi-task baseline's mixture of training tasks.
 
     `stop_after` interrupts the run after that many steps (used to test resume); returns None then.
     `matmul_peak` (FLOP/s, measured when training starts if not given) is stored with the record, so
@@ -129,7 +133,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
             raise ValueError(f"{run_dir} was trained with another config ({done.training_key()} vs {cfg.training_key()}); "
                              f"use zoo_dir(profile, model, cfg) for this config, or delete that run to retrain it")
         return record
-    task = get_task(task_name)
+    task = task if task is not None else get_task(task_name)
     device = next(base_model.parameters()).device
     matmul_peak = matmul_peak or measure_matmul_peak()
     torch.manual_seed(zlib.crc32(f"{task_name}/{seed}".encode()))

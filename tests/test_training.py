@@ -35,7 +35,7 @@ def test_objectives_and_presets():
     assert len(training.TrainingConfig.preset("quick").seeds) >= 3
     with pytest.raises(ValueError, match="unknown objective"):
         training.TrainingConfig.preset("quick", "behaviour")
-    with pytest.raises(ValueError, match="not both 0"):
+    with pytest.raises(ValueError, match="not all 0"):
         training.MultiTaskLoss(0.0, 0.0)
     loss = training.DeltaOnlyLoss()
     assert (loss.lambda_w, loss.lambda_d) == (0.0, 1.0)
@@ -101,7 +101,7 @@ def test_checkpoints_are_safetensors_and_old_pickles_are_never_loaded(setup, tmp
 
 
 def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch, tmp_path):
-    from llgbm import generate
+    from llgbm import generation
     data, sup = setup
     model, tok = tiny
     cfg = training.TrainingConfig.preset("smoke", "weight", steps=2)
@@ -110,8 +110,8 @@ def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch,
     first = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
     assert set(first["add_3"]) == {"correct", "loglik"} and len(first["add_3"]["loglik"]) == 3
     assert len(list((tmp_path / "run").glob("eval_*.json"))) == 1
-    calls, real = [], generate.evaluate_adapter
-    monkeypatch.setattr(generate, "evaluate_adapter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], generation.evaluate_adapter
+    monkeypatch.setattr(generation, "evaluate_adapter", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
     assert calls == [] and np.array_equal(again["add_3"]["loglik"], first["add_3"]["loglik"])   # served from the cache
     other = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 2, progress=False)

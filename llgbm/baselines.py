@@ -1,0 +1,159 @@
+"""The baselines a user would reach for before a generator, scored on the held-out items every
+generator is scored on (notebook 06):
+- few-shot prompting: k training examples of the task in the prompt, no adapter;
+- one multi-task LoRA: the zoo's rank, targets, lr and batch, trained on the union of the training
+  tasks' examples for as many steps as their teachers took together.
+Scores are cached as JSON under LLGBM_HOME/generators; the multi-task LoRA trains like a teacher
+(crash-safe, resumable) under LLGBM_HOME/baselines."""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import zoo
+from .evaluation import evaluate_adapter, evaluate_task
+from .models import model_fingerprint
+from .tasks import Task, get_task
+from .utils import atomic_write_json, hash_bytes, llgbm_home
+
+
+# ------------------------------------------------------------------ few-shot prompting
+
+def demonstrations(task: Task, k: int = 4) -> tuple[tuple[str, str], ...]:
+    """k training examples of the task, fixed per task (drawn by its name): the few-shot prompt's
+    demonstrations, and the labeled generator's condition at test time."""
+    if k < 1:
+        raise ValueError(f"need k ≥ 1 demonstrations, got {k}")
+    rng = np.random.default_rng(zlib.crc32(task.name.encode()))
+    return tuple(task.train[i] for i in sorted(rng.choice(len(task.train), size=min(k, len(task.train)), replace=False)))
+
+
+def icl_prefix(task: Task, k: int = 4) -> str:
+    """The demonstrations written as the task's prompts with their answers, one after another; the
+    test prompt follows. Refuses a demonstration whose input is a test item's."""
+    demos = demonstrations(task, k)
+    leak = {x for x, _ in demos} & {x for x, _ in task.test}
+    if leak:
+        raise ValueError(f"task {task.name!r}: demonstration input(s) {sorted(leak)} are test items")
+    return "".join(task.prompt(x) + task.target(y) for x, y in demos)
+
+
+def prompt_tokens(tokenizer, task: Task, n: int, prefix: str = "") -> float:
+    """Mean prompt length in tokens over the first n test items (what a model reads per item)."""
+    return float(np.mean([len(tokenizer(prefix + task.prompt(x), add_special_tokens=False).input_ids)
+                          for x, _ in task.test[:n]]))
+
+
+# ------------------------------------------------------------------ the multi-task LoRA
+
+@dataclass(frozen=True)
+class TaskMixture:
+    """The union of several tasks' examples as one training task: each input is (task, input) and is
+    prompted with its own task's instruction. `test` holds the first few test items of each task."""
+    name: str
+    members: tuple[str, ...]
+    test_per_task: int = 4
+    family: str = "mixture"
+    heldout: bool = False
+
+    @cached_property
+    def train(self):
+        return tuple(((t, x), y) for t in self.members for x, y in get_task(t).train)
+
+    @cached_property
+    def test(self):
+        return tuple(((t, x), y) for t in self.members for x, y in get_task(t).test[:self.test_per_task])
+
+    def prompt(self, x) -> str:
+        task, inp = x
+        return get_task(task).prompt(inp)
+
+    target = staticmethod(Task.target)
+    score = staticmethod(Task.score)
+
+
+def train_multitask_lora(model, tokenizer, zoo_cfg: zoo.ZooConfig, training_tasks: list[str], fingerprint: str,
+                         seed: int = 0, root: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """One peft LoRA of the zoo's rank, targets, lr and batch size on the union of the training tasks'
+    examples, for as many steps as their teachers took together (crash-safe and cached, like a
+    teacher). Returns its adapter folder and run record."""
+    held = [t for t in training_tasks if get_task(t).heldout]
+    if held:
+        raise ValueError(f"held-out task(s) {held} cannot train the multi-task baseline")
+    cfg = replace(zoo_cfg, steps=zoo_cfg.steps * len(training_tasks), n_checkpoints=1, tasks=tuple(training_tasks),
+                  seeds=(seed,), eval_items=4 * len(training_tasks))
+    key = hash_bytes(json.dumps(dict(model=fingerprint, tasks=list(training_tasks),
+                                     cfg=cfg.training_key())).encode())[:12]
+    root = Path(root or llgbm_home() / "baselines" / f"multitask-lora-{key}")
+    mixture = TaskMixture("multitask_lora", tuple(training_tasks))
+    record = zoo.train_teacher(model, tokenizer, "multitask_lora", seed, cfg, root, progress=progress, task=mixture)
+    return root / record["checkpoints"][-1]["path"], record
+
+
+# ------------------------------------------------------------------ cached baseline scores
+
+def _cached(path: Path, compute) -> dict:
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return dict(saved, scores={t: {k: np.asarray(v, dtype=float) for k, v in d.items()} for t, d in saved["scores"].items()})
+    out = compute()
+    atomic_write_json(path, dict(out, scores={t: {k: np.asarray(v, dtype=float).tolist() for k, v in d.items()}
+                                              for t, d in out["scores"].items()}))
+    return out
+
+
+def baseline_scores(lab, shots: int = 4, progress: bool = True) -> dict[str, dict]:
+    """{"icl": …, "multitask_lora": …}: each {scores: {task: {correct, loglik}}, seconds, …} on the
+    held-out items every generator is scored on. Cached under LLGBM_HOME/generators."""
+    n, held = lab.tcfg.eval_items, lab.heldout
+    tag = hash_bytes(f"{lab.root.name}|{'_'.join(held)}|{n}|{shots}".encode())[:16]
+    home = llgbm_home() / "generators"
+
+    def icl():
+        t0, out = time.perf_counter(), {}
+        for t in tqdm(held, desc="few-shot prompting", disable=not progress, leave=False):
+            task = get_task(t)
+            s = evaluate_task(lab.model, lab.tokenizer, task, n, prefix=icl_prefix(task, shots))
+            out[t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
+        return dict(scores=out, seconds=time.perf_counter() - t0)
+
+    def multitask():
+        adapter, record = train_multitask_lora(lab.model, lab.tokenizer, lab.zoo_cfg, lab.training_tasks,
+                                               model_fingerprint(lab.model_name), progress=progress)
+        t0, out = time.perf_counter(), {}
+        for t in tqdm(held, desc="multi-task LoRA", disable=not progress, leave=False):
+            s = evaluate_adapter(lab.model, lab.tokenizer, get_task(t), adapter, n)
+            out[t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
+        return dict(scores=out, seconds=time.perf_counter() - t0, train_seconds=record["train_seconds"],
+                    train_steps=record["steps"], adapter=str(adapter))
+
+    return {"icl": _cached(home / f"icl-{tag}.json", icl),
+            "multitask_lora": _cached(home / f"multitask-lora-{tag}.json", multitask)}
+
+
+def inference_cost(lab, shots: int = 4, items: int = 32) -> pd.DataFrame:
+    """Per method, per test item: prompt tokens and seconds of scoring (greedy answer + log-lik) on
+    the first `items` items of each held-out task, timed now. A generated adapter merged into
+    the weights costs what the base model costs, so the short prompt is timed on the base model."""
+    rows = {}
+    for label, k in (("few-shot prompting", shots), ("generated adapter (merged)", 0)):
+        tokens, seconds, count = [], 0.0, 0
+        for t in lab.heldout:
+            task = get_task(t)
+            prefix = icl_prefix(task, k) if k else ""
+            tokens.append(prompt_tokens(lab.tokenizer, task, items, prefix))
+            t0 = time.perf_counter()
+            evaluate_task(lab.model, lab.tokenizer, task, items, prefix=prefix)
+            seconds += time.perf_counter() - t0
+            count += len(task.test[:items])
+        rows[label] = {"prompt tokens per item": float(np.mean(tokens)), "items/s": count / seconds,
+                       "prompt tokens/s": float(np.mean(tokens)) * count / seconds}
+    return pd.DataFrame(rows).T

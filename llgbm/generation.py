@@ -1,0 +1,88 @@
+"""Generation and zero-shot evaluation: a trained generator turns a task's unlabeled prompts into
+LoRA weights (DnD tokens -> a peft state dict -> a standard peft adapter folder), and those weights
+are scored on tasks the generator never saw. The user's command on top of it is `llgbm.generate`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation import TaskScores, evaluate_adapter
+from .generator import HyperConvGenerator, encode_prompts
+from .lora import save_adapter
+from .stats import cosine
+from .tasks import get_task
+from .tokenizer import LoRATokenizer2D
+from .utils import atomic_write_json, hash_bytes
+
+
+@torch.no_grad()
+def generate_tokens(gen: HyperConvGenerator, encoder, prompts: list[str]) -> torch.Tensor:
+    """Prompts -> generated DnD tokens (n_tokens, r + 2, chunk), conditioned on the first n_prompts."""
+    if not prompts:
+        raise ValueError("no prompts to condition the generator on: pass at least one prompt")
+    gcfg = gen.cfg
+    encoded = encode_prompts(encoder, prompts[: gcfg.n_prompts], gcfg.prompt_tokens)
+    if len(encoded) < gcfg.n_prompts:   # too few prompts: repeat them (DnD conditions on a fixed count)
+        encoded = encoded[torch.arange(gcfg.n_prompts) % len(encoded)]
+    return gen.eval()(encoded[None])[0]
+
+
+@torch.no_grad()
+def generate_adapter(gen: HyperConvGenerator, encoder, lora_tokenizer: LoRATokenizer2D, lora_config,
+                     prompts: list[str], out_dir: Path | str) -> tuple[Path, float]:
+    """Prompts -> a peft adapter folder (loads with PeftModel.from_pretrained); returns it and the seconds
+    it took end to end (encoding, generation, detokenisation, writing)."""
+    t0 = time.perf_counter()
+    state = lora_tokenizer.detokenize(generate_tokens(gen, encoder, prompts))
+    out = save_adapter(state, lora_config, out_dir)
+    return out, time.perf_counter() - t0
+
+
+def evaluate(result, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D, lora_config,
+             task_names: list[str], n_items: int, supervision=None,
+             teacher_deltas: dict[str, np.ndarray] | None = None, progress: bool = True,
+             condition=None, loglik_only: bool = False) -> dict[str, dict]:
+    """Score a trained generator (a `training.TrainResult`) on tasks it never saw, from each task's
+    unlabeled train prompts (or `condition(task)`: the texts to condition on, e.g. demonstrations).
+
+    Per task: `correct` and `loglik` per test item (the first `n_items`; `loglik_only` skips greedy
+    decoding and leaves `correct` NaN), cached in the run folder; and, with `supervision` and
+    `teacher_deltas` ({task: (k, hidden) deltas of its zoo checkpoints}), `delta` (the generated Δ) and
+    `delta_cos` (its cosine with each teacher checkpoint's Δ), which cost one probe forward per task
+    and are recomputed every time."""
+    condition = condition or (lambda task: task.prompts("train"))
+    texts = {name: condition(get_task(name)) for name in task_names}
+    key = dict(tasks=list(task_names), n=n_items, step=len(result.history.get("loss", [])))
+    if loglik_only:
+        key["loglik_only"] = True
+    if any(texts[t] != get_task(t).prompts("train") for t in task_names):
+        key["condition"] = hash_bytes(json.dumps(texts, sort_keys=True).encode())[:16]
+    key = hash_bytes(json.dumps(key).encode())[:12]
+    cache = result.run_dir / f"eval_{key}.json" if result.run_dir is not None else None
+    scores = None
+    if cache is not None and cache.exists():
+        scores = {t: {k: np.asarray(v, dtype=float) for k, v in d.items()} for t, d in json.loads(cache.read_text()).items()}
+    out = {}
+    for name in tqdm(task_names, desc="evaluate", disable=not progress, leave=False):
+        task = get_task(name)
+        tokens = generate_tokens(result.generator, encoder, texts[name])
+        if scores is not None:
+            row = dict(scores[name])
+        else:
+            s: TaskScores = evaluate_adapter(model, tokenizer, task, lora_tokenizer.detokenize(tokens), n=n_items,
+                                             lora_config=lora_config, loglik_only=loglik_only)
+            row = dict(correct=s.correct.astype(float), loglik=s.loglik)
+        if supervision is not None and teacher_deltas is not None:
+            with torch.no_grad():
+                d = supervision(tokens[None])[0].numpy()
+            row["delta"], row["delta_cos"] = d, cosine(d, teacher_deltas[name])
+        out[name] = row
+    if cache is not None and scores is None:
+        atomic_write_json(cache, {t: {k: [None if np.isnan(x) else x for x in np.asarray(d[k], dtype=float).tolist()]
+                                      for k in ("correct", "loglik")} for t, d in out.items()})
+    return out
