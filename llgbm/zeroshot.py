@@ -23,7 +23,7 @@ from .utils import check_profile, preset_config
 
 METHODS = {"weight": "weight-only (DnD)", "delta": "delta-only", "kd": "output KD", "sft": "SFT (Text-to-LoRA)",
            "delta+sft": "delta + SFT", "labeled": "labeled-example generator", "multitask_lora": "multi-task LoRA",
-           "icl": "few-shot prompting", "base": "base", "mean_lora": "mean of training LoRAs",
+           "multitask_lora_zoo_lr": "multi-task LoRA, zoo's lr", "icl": "few-shot prompting", "base": "base", "mean_lora": "mean of training LoRAs",
            "nearest_lora": "nearest task's LoRA", "teacher": "own teacher"}
 GENERATOR_OBJECTIVES = ("weight", "delta", "kd", "sft", "delta+sft")
 
