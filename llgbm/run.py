@@ -74,7 +74,7 @@ def cache_state(profile: str) -> dict:
     return dict(state=state, zoo_runs=finished, zoo_planned=planned, generator_runs=runs, cached_deltas=deltas)
 
 
-def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 3600, progress: str | None = None,
+def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 4 * 3600, progress: str | None = None,
                  **params) -> Path:
     """Execute one notebook with papermill; `progress` is the description of its live cell bar."""
     import papermill as pm
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=PROFILES, default="quick")
     ap.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
     ap.add_argument("--kernel", default=KERNEL)
-    ap.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout, seconds")
+    ap.add_argument("--timeout", type=int, default=4 * 3600, help="per-cell execution timeout, seconds (a cold quick cell of 06 trains for over an hour on 2 cores)")
     args = ap.parse_args(argv)
     import papermill as pm
 
