@@ -130,10 +130,10 @@ class GeneratorLab:
     def check_generator(self, run_dir: Path | str) -> None:
         """Refuse a generator run trained for another base model than this lab's."""
         path = Path(run_dir) / "config.json"
-        saved = json.loads(path.read_text()).get("model_fingerprint") if path.exists() else None
-        if saved is not None and saved != models.model_fingerprint(self.model_name):
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        if saved.get("model_fingerprint") not in (None, models.model_fingerprint(self.model_name)):
             raise ValueError(f"the generator in {run_dir} was trained for another base model "
-                             f"({json.loads(path.read_text()).get('base_model')}), not {self.model_name!r}: "
+                             f"({saved.get('base_model')}), not {self.model_name!r}: "
                              f"load the lab for that model, or train a generator for this one")
 
     def evaluate(self, result: training.TrainResult, progress: bool = True, condition=None, loglik_only: bool = False,

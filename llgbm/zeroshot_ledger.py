@@ -1,0 +1,136 @@
+"""Phase 6's tables, paired tests, claims-ledger rows, metrics and verdict (notebook 06), from the
+per-item held-out scores of every method ({(method, seed): {task: {correct, loglik}}})."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import compare, stats
+
+METHODS = {"weight": "weight-only (DnD)", "delta": "delta-only", "kd": "output KD", "sft": "SFT (Text-to-LoRA)",
+           "delta+sft": "delta + SFT", "labeled": "labeled-example generator", "multitask_lora": "multi-task LoRA",
+           "multitask_lora_zoo_lr": "multi-task LoRA, zoo's lr", "icl": "few-shot prompting", "base": "base", "mean_lora": "mean of training LoRAs",
+           "nearest_lora": "nearest task's LoRA", "teacher": "own teacher"}
+GENERATOR_OBJECTIVES = ("weight", "delta", "kd", "sft", "delta+sft")
+
+
+def scores_only(evals: dict) -> dict:
+    """Per-item exact match and log-lik only (drops the generated deltas), so that generators and
+    baselines compare on the same footing."""
+    return {k: {t: {w: d[w] for w in compare.METRICS} for t, d in s.items()} for k, s in evals.items()}
+
+
+def methods_table(evals: dict[tuple[str, int], dict], ref: dict, held: list[str]) -> pd.DataFrame:
+    """Every method (generators over their seeds, baselines once) with exact match, log-lik and both
+    gap recoveries with 95% CIs, in METHODS order."""
+    table = compare.objective_table(scores_only(evals), ref, held)
+    return table.loc[[m for m in METHODS if m in table.index]]
+
+
+def metrics(table: pd.DataFrame) -> dict[str, float]:
+    """gap_recovery_<m> (+ _ci_low/_ci_high) and acc_<m> for every method of the table."""
+    out = {}
+    for m, row in table.iterrows():
+        k = m.replace("+", "_")
+        out.update({f"gap_recovery_{k}": row["gap rec. gold log-lik"], f"gap_recovery_{k}_ci_low": row["gold log-lik CI low"],
+                    f"gap_recovery_{k}_ci_high": row["gold log-lik CI high"], f"acc_{k}": row["exact match mean"],
+                    f"gap_recovery_acc_{k}": row["gap rec. exact match"]})
+    return out
+
+
+def best_generator(table: pd.DataFrame, candidates=GENERATOR_OBJECTIVES + ("labeled",)) -> str:
+    """The generator method with the highest log-lik gap recovery."""
+    return max((m for m in candidates if m in table.index), key=lambda m: table.loc[m, "gap rec. gold log-lik"])
+
+
+def relative_gain(evals, a: str, b: str, held: list[str], n_boot: int = 2000) -> tuple[float, float, float]:
+    """(acc_a − acc_b) / acc_b on seed-averaged items, with a paired item-bootstrap 95% CI (DnD's "+30%")."""
+    x, y = compare.seed_items(evals, a, "correct", held), compare.seed_items(evals, b, "correct", held)
+    rng = np.random.default_rng(0)
+    ratio = lambda i: (x[i].mean() - y[i].mean()) / y[i].mean() if y[i].mean() > 0 else np.nan  # noqa: E731
+    boots = np.array([ratio(rng.integers(0, len(x), len(x))) for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    point = ratio(np.arange(len(x)))
+    return (float(point), *(map(float, np.quantile(boots, [0.025, 0.975])) if len(boots) else (np.nan, np.nan)))
+
+
+def paired(evals, held: list[str], a: str, b: str) -> pd.Series:
+    """a − b on seed-averaged items: log-lik and exact match with paired-bootstrap 95% CIs."""
+    return compare.paired_tests(scores_only(evals), held, [(a, b)]).iloc[0]
+
+
+def verdict_of(d: pd.Series) -> str:
+    return stats.comparison_verdict({"gold log-lik": (d["gold log-lik CI low"], d["gold log-lik CI high"]),
+                                     "exact match": (d["exact match CI low"], d["exact match CI high"])})
+
+
+def evidence(d: pd.Series) -> str:
+    return (f"log-lik {d['Δ gold log-lik']:+.3f} [{d['gold log-lik CI low']:+.3f}, {d['gold log-lik CI high']:+.3f}] per token, "
+            f"exact match {d['Δ exact match'] * 100:+.1f} points [{d['exact match CI low'] * 100:+.1f}, {d['exact match CI high'] * 100:+.1f}]")
+
+
+def claims(evals, held: list[str], best: str) -> list[tuple[str, str, str, str]]:
+    """The ledger rows of phase 6: (claim, source, verdict, evidence), each from paired tests. Needs
+    the weight, sft, delta and kd runs and the mean-LoRA and multi-task LoRA baselines."""
+    missing = {"weight", "sft", "delta", "kd", "mean_lora", "multitask_lora", best} - {m for m, _ in evals}
+    if missing:
+        raise ValueError(f"the phase-6 claims need runs of {sorted(missing)}; run every objective (objectives=None)")
+    rows = []
+    d = paired(evals, held, "sft", "weight")
+    rows.append(("Behavioural (SFT) training of a generator generalises better than weight matching",
+                 "Text-to-LoRA (ANCHORS)", verdict_of(d), "SFT − weight-only: " + evidence(d)))
+    d = paired(evals, held, best, "multitask_lora")
+    rows.append(("A generator beats one multi-task LoRA on unseen tasks", "Text-to-LoRA / DnD (ANCHORS)", verdict_of(d),
+                 f"best generator ({METHODS[best]}) − multi-task LoRA: " + evidence(d)))
+    for m in ("weight", best):
+        g, lo, hi = relative_gain(evals, m, "mean_lora", held)
+        v = "supported" if lo >= 0.3 else ("refuted" if hi < 0.3 else "inconclusive")
+        rows.append((f"Generated adapters beat the training LoRAs' average by up to +30% ({METHODS[m]})", "DnD (seed 002, ANCHORS)",
+                     v, f"relative exact-match gain {g:+.0%} [{lo:+.0%}, {hi:+.0%}] over the mean of training LoRAs"))
+        if m == best:
+            break
+    for m in ("delta", "kd"):
+        d = paired(evals, held, m, "weight")
+        rows.append((f"Matching behaviour beats matching weights ({METHODS[m]} vs weight-only)", "LLGBM (seed 002)",
+                     verdict_of(d), f"{METHODS[m]} − weight-only: " + evidence(d)))
+    return rows
+
+
+def method_keys(table: pd.DataFrame) -> pd.DataFrame:
+    """The methods table indexed by method key ('sft', 'icl', …) instead of its display name."""
+    return table.rename(index={v: k for k, v in METHODS.items()})
+
+
+def paired_table(evals, held: list[str], best: str) -> pd.DataFrame:
+    """The paired tests of phase 6, in this order: best − multi-task LoRA, best − weight-only,
+    labeled − few-shot prompting, kd − delta, sft − weight-only."""
+    pairs = [(best, "multitask_lora"), (best, "weight"), ("labeled", "icl"), ("kd", "delta"), ("sft", "weight")]
+    return pd.DataFrame({f"{METHODS[a]} − {METHODS[b]}": paired(evals, held, a, b) for a, b in pairs}).T
+
+
+def summary(T: pd.DataFrame, tests: pd.DataFrame, cost: pd.DataFrame, best: str) -> dict[str, float]:
+    """metrics.json entries beyond `metrics(T)`: the best generator and the paired differences the
+    targets are judged on, and the inference cost (T: `method_keys` of the methods table)."""
+    d_mt, d_w, d_icl = (tests.iloc[i] for i in range(3))
+    return dict(best_gap_recovery=T.loc[best, "gap rec. gold log-lik"], best_gap_recovery_ci_low=T.loc[best, "gold log-lik CI low"],
+                best_minus_multitask_lora_loglik=d_mt["Δ gold log-lik"], best_minus_multitask_lora_loglik_ci_low=d_mt["gold log-lik CI low"],
+                best_minus_multitask_lora_loglik_ci_high=d_mt["gold log-lik CI high"], best_minus_weight_loglik=d_w["Δ gold log-lik"],
+                labeled_minus_icl_loglik=d_icl["Δ gold log-lik"], labeled_minus_icl_loglik_ci_low=d_icl["gold log-lik CI low"],
+                labeled_minus_icl_loglik_ci_high=d_icl["gold log-lik CI high"],
+                prompt_tokens_icl=cost.iloc[0]["prompt tokens per item"], prompt_tokens_generated=cost.iloc[1]["prompt tokens per item"],
+                items_per_s_icl=cost.iloc[0]["items/s"], items_per_s_generated=cost.iloc[1]["items/s"])
+
+
+def verdict(T: pd.DataFrame, tests: pd.DataFrame, cost: pd.DataFrame, best: str, n_items: int, weight_steps: int) -> str:
+    """The verdict paragraph, with each target stated as met or missed."""
+    d_mt, d_icl = tests.iloc[0], tests.iloc[2]
+    b = T.loc[best]
+    target = b["gap rec. gold log-lik"] >= 0.5 and b["gold log-lik CI low"] > 0 and d_mt["gold log-lik CI low"] > 0
+    stretch = d_icl["Δ gold log-lik"] >= 0
+    return (f"The best generator is **{METHODS[best]}**: it recovers {b['gap rec. gold log-lik']:.3f} [{b['gold log-lik CI low']:.3f}, "
+            f"{b['gold log-lik CI high']:.3f}] of the log-likelihood gap on {n_items} held-out items (weight-only after {weight_steps} steps: "
+            f"{T.loc['weight', 'gap rec. gold log-lik']:.3f}; multi-task LoRA {T.loc['multitask_lora', 'gap rec. gold log-lik']:.3f}; four examples "
+            f"in the prompt {T.loc['icl', 'gap rec. gold log-lik']:.3f}). Against the multi-task LoRA: {evidence(d_mt)}. Target (≥ 0.5 with a CI "
+            f"above 0, and beating the multi-task LoRA in a paired test): **{'met' if target else 'missed'}**. The labeled-example generator "
+            f"against few-shot prompting: {evidence(d_icl)}, with a prompt of {cost.iloc[1]['prompt tokens per item']:.0f} tokens instead of "
+            f"{cost.iloc[0]['prompt tokens per item']:.0f} (stretch goal {'met' if stretch else 'missed'}).")
