@@ -5,7 +5,10 @@
 (without a GPU, `--multi_gpu` gives accelerate's multi-CPU mode over gloo). Each process draws its own
 batches; DDP averages the gradients, so every rank ends with the same generator. Each rank writes its
 final weights to OUT/rank<i>.safetensors and the batches it drew to OUT/batches.txt (one line a rank),
-so the result can be checked; rank 0 also writes the initial weights and the run's checkpoints."""
+so the result can be checked; rank 0 also writes the initial weights and the run's checkpoints.
+
+A missing or partial teacher zoo is built first, its (task, seed) runs split across the ranks as
+`python -m llgbm.zoo` splits them; rank 0 then computes the teacher deltas once for all."""
 from __future__ import annotations
 
 import argparse
@@ -30,17 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
-    from . import training
+    from . import models, training, zoo
     from .experiment import GeneratorLab
     from .generator import HyperConvGenerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        lab = GeneratorLab.load(args.profile, args.model, zoo_root=args.zoo, cache_root=args.deltas)
-    except FileNotFoundError as e:
-        raise SystemExit(str(e)) from None
+    name = args.model or models.MODEL_FOR_PROFILE[args.profile]
+    zcfg = zoo.ZooConfig.preset(args.profile)
+    root = Path(args.zoo) if args.zoo else zoo.zoo_dir(args.profile, name, zcfg)
+    with acc.main_process_first():             # the first load converts the model; the others read it
+        model, tok = models.load_model(name, device=acc.device)
+    missing = zoo.missing_runs(zcfg, root)
+    if missing:
+        acc.print(f"[llgbm.ddp] the zoo at {root} lacks {len(missing)} of {len(zoo.zoo_runs(zcfg))} runs: "
+                  f"building them across {acc.num_processes} process(es) first")
+        zoo.build_zoo_across(model, tok, zcfg, root, acc, progress=acc.is_main_process)
+    with acc.main_process_first():             # rank 0 computes and caches the deltas, the others read them
+        lab = GeneratorLab.load(args.profile, name, model=model, tokenizer=tok, zoo_root=root, cache_root=args.deltas)
     data, gcfg = lab.data, lab.gcfg
     cfg = lab.config(args.objective, **({"steps": args.steps} if args.steps else {}))
     sup = lab.supervision

@@ -61,6 +61,13 @@ class ZooConfig:
         }[check_profile(profile)]
         return replace(cls(**base), **overrides)
 
+    @classmethod
+    def from_record(cls, record: dict) -> "ZooConfig":
+        """The config a finished run (its run.json) was trained with."""
+        c = record["config"]
+        return cls(**{**c, "targets": tuple(c["targets"]), "seeds": tuple(c["seeds"]),
+                      "tasks": c["tasks"] and tuple(c["tasks"])})
+
     def task_names(self) -> list[str]:
         return list(self.tasks) if self.tasks is not None else list_tasks()
 
@@ -113,7 +120,7 @@ def _load_state(path: Path, model, opt):
 
 def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConfig, root: Path,
                   stop_after: int | None = None, progress: bool = True, matmul_peak: float | None = None,
-                  task=None) -> dict | None:
+                  task=None, rank: int = 0) -> dict | None:
     """Train (or resume, or skip if finished) one teacher run; return its run record.
 
     `task` (default: the registered task `task_name`) may be any object with a task's train/test
@@ -121,14 +128,13 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
 
     `stop_after` interrupts the run after that many steps (used to test resume); returns None then.
     `matmul_peak` (FLOP/s, measured when training starts if not given) is stored with the record, so
-    the peak fraction always compares a throughput with the peak of the same machine and run."""
+    the peak fraction always compares a throughput with the peak of the same machine and run.
+    `rank` is the process that trains it (`python -m llgbm.zoo` across processes); it is recorded."""
     run_dir = root / task_name / f"seed{seed}"
     record_path = run_dir / "run.json"
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        done = ZooConfig(**{**record["config"], "targets": tuple(record["config"]["targets"]),
-                            "seeds": tuple(record["config"]["seeds"]),
-                            "tasks": record["config"]["tasks"] and tuple(record["config"]["tasks"])})
+        done = ZooConfig.from_record(record)
         if done.training_key() != cfg.training_key():
             raise ValueError(f"{run_dir} was trained with another config ({done.training_key()} vs {cfg.training_key()}); "
                              f"use zoo_dir(profile, model, cfg) for this config, or delete that run to retrain it")
@@ -189,7 +195,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
                                     train_loss=float(np.mean(losses[max(0, step - 5):step])),
                                     test_acc=scores.acc, test_loglik=scores.loglik_mean))
         record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
-                      train_target_tokens=tokens[1], matmul_peak_flops=matmul_peak,
+                      train_target_tokens=tokens[1], matmul_peak_flops=matmul_peak, rank=rank,
                       losses=losses, checkpoints=checkpoints, config=asdict(cfg))
         atomic_write_json(record_path, record)
         state_path.unlink(missing_ok=True)
@@ -226,17 +232,54 @@ def load_manifest(profile: str, model_name: str, cfg: ZooConfig | None = None,
     return cfg, root, manifest
 
 
-def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool = True) -> list[dict]:
-    """Train every (task, seed) run not yet finished; return the records of all runs."""
+def zoo_runs(cfg: ZooConfig, rank: int = 0, world_size: int = 1) -> list[tuple[str, int]]:
+    """The (task, seed) runs of a zoo, or process `rank`'s share of them out of `world_size`: every
+    world_size-th run from the rank-th on, so the shares are disjoint, cover every run, and differ
+    in size by at most one."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1; got rank={rank}, world_size={world_size}")
+    return [(t, s) for t in cfg.task_names() for s in cfg.seeds][rank::world_size]
+
+
+def missing_runs(cfg: ZooConfig, root: Path) -> list[tuple[str, int]]:
+    """The runs of `cfg` not yet finished in `root`. None when `root` holds runs trained under another
+    config: a zoo given on purpose (a test's, a user's own) is used as it is, never extended."""
+    finished = [json.loads(p.read_text()) for p in Path(root).glob("*/seed*/run.json")]
+    if any(ZooConfig.from_record(r).training_key() != cfg.training_key() for r in finished):
+        return []
+    done = {(r["task"], r["seed"]) for r in finished}
+    return [run for run in zoo_runs(cfg) if run not in done]
+
+
+def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool = True, rank: int = 0,
+              world_size: int = 1) -> list[dict]:
+    """Train every (task, seed) run not yet finished (with `world_size` > 1: this process's share of
+    them, see zoo_runs); return the records of those runs. One process also rebuilds the manifest
+    after each run; across processes build_zoo_across does it once every rank is done."""
     records, peak = [], None
-    runs = [(t, s) for t in cfg.task_names() for s in cfg.seeds]
-    for task_name, seed in tqdm(runs, desc="zoo", disable=not progress):
+    for task_name, seed in tqdm(zoo_runs(cfg, rank, world_size), desc=f"zoo (rank {rank}/{world_size})" if world_size > 1
+                                else "zoo", disable=not progress):
         if peak is None and not (root / task_name / f"seed{seed}" / "run.json").exists():
             peak = measure_matmul_peak()   # once, right before this process trains anything
         records.append(train_teacher(base_model, tokenizer, task_name, seed, cfg, root, progress=progress,
-                                     matmul_peak=peak))
-        write_manifest(root)
+                                     matmul_peak=peak, rank=rank))
+        if world_size == 1:
+            write_manifest(root)
     return records
+
+
+def build_zoo_across(base_model, tokenizer, cfg: ZooConfig, root: Path, state, progress: bool = True) -> list[dict]:
+    """build_zoo split across the processes of an accelerate `state` (PartialState or Accelerator):
+    each rank trains its share, rank 0 writes the one manifest once all are done, and every rank
+    returns the records of all runs. Crash-safe as build_zoo is: rerun after any rank dies and the
+    finished runs are skipped, the interrupted ones resume from their last saved state."""
+    build_zoo(base_model, tokenizer, cfg, root, progress=progress, rank=state.process_index,
+              world_size=state.num_processes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_manifest(root)
+    state.wait_for_everyone()
+    return [json.loads((root / t / f"seed{s}" / "run.json").read_text()) for t, s in zoo_runs(cfg)]
 
 
 def teachers_vs_base(model, tokenizer, cfg: ZooConfig, manifest: list[dict], progress: bool = True):
@@ -268,3 +311,34 @@ def zoo_throughput(records: list[dict], model_config) -> dict:
     flops = tps * training_flops_per_token(model_config, target_fraction)
     peak = sum(r.get("matmul_peak_flops", math.nan) * r["train_seconds"] for r in records) / seconds
     return dict(tokens_per_s=tps, flops_per_s=flops, peak_flops_per_s=peak, peak_fraction=peak_fraction(flops, peak))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llgbm.zoo --profile P`, alone or under `accelerate launch --num_processes N` (GPUs, or
+    CPU processes over gloo): build the profile's zoo, the runs split across the processes."""
+    import argparse
+    from . import models
+    from .utils import PROFILES
+    p = argparse.ArgumentParser(description="Build a profile's teacher-LoRA zoo, split across the processes of "
+                                            "`accelerate launch` when there are several.")
+    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
+    p.add_argument("--root", default=None, help="zoo folder (default: the profile's zoo under LLGBM_HOME)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from accelerate import PartialState
+    state = PartialState(cpu=not torch.cuda.is_available())
+    cfg = ZooConfig.preset(args.profile)
+    name = args.model or models.MODEL_FOR_PROFILE[args.profile]
+    root = Path(args.root) if args.root else zoo_dir(args.profile, name, cfg)
+    with state.main_process_first():   # the first load converts the model; the others read the result
+        model, tok = models.load_model(name, device=state.device)
+    records = build_zoo_across(model, tok, cfg, root, state, progress=not args.no_progress)
+    if state.is_main_process:
+        ranks = pd.Series([r.get("rank", 0) for r in records]).value_counts().sort_index()
+        print(f"zoo: {len(records)} runs in {root} (runs per rank: {dict(ranks)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -191,3 +191,100 @@ def test_manifest_rehashes_records_written_before_canonical_hashing(tiny, lab_ho
     record_path.write_text(json.dumps(record))
     assert zoo.write_manifest(root)[0]["hash"] == canonical
     assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == zoo.HASH_VERSION
+
+
+def test_zoo_runs_split_into_disjoint_balanced_shares():
+    cfg = zoo.ZooConfig.preset("smoke", seeds=(0, 1))
+    every = zoo.zoo_runs(cfg)
+    assert len(every) == 2 * len(cfg.task_names())
+    for world in (1, 2, 3):
+        shares = [zoo.zoo_runs(cfg, r, world) for r in range(world)]
+        assert sorted(sum(shares, [])) == sorted(every)                      # every run, once
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    for rank, world in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="rank must be in"):
+            zoo.zoo_runs(cfg, rank, world)
+
+
+_PARTIAL = """
+import sys
+from llgbm import models, zoo
+model, tok = models.load_model("tiny", device="cpu")
+cfg = zoo.ZooConfig.preset("smoke")
+assert zoo.train_teacher(model, tok, "add_1", 0, cfg, __import__("pathlib").Path(sys.argv[1]), stop_after=3,
+                         progress=False) is None
+"""
+
+
+def _launch(args, env, n=None):
+    import subprocess
+    import sys
+    head = [sys.executable, "-m", "llgbm.zoo"] if n is None else [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llgbm.zoo"]
+    out = subprocess.run(head + args, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_two_cpu_processes_build_the_same_zoo_as_one(lab_home, tmp_path):
+    """`accelerate launch --num_processes 2 -m llgbm.zoo` splits the runs across ranks; after a rank
+    died mid-run (a saved state at step 3 of 6) it resumes, and the zoo equals the one-process zoo:
+    the same runs and checkpoints, the same adapter hashes, every run trained once."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLGBM_HOME=str(lab_home))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(["--profile", "smoke", "--root", str(one), "--no-progress"], env)
+    died = subprocess.run([sys.executable, "-c", _PARTIAL, str(two)], env=env, capture_output=True, text=True, timeout=300)
+    assert died.returncode == 0, died.stderr[-2000:]
+    assert (two / "add_1" / "seed0" / "state.safetensors").exists() and not (two / "add_1" / "seed0" / "run.json").exists()
+    out = _launch(["--profile", "smoke", "--root", str(two), "--no-progress"], env, n=2)
+    assert "runs per rank" in out.stdout
+    rows = {p: json.loads((p / "manifest.json").read_text()) for p in (one, two)}
+    key = lambda rs: sorted((r["task"], r["seed"], r["step"], r["hash"]) for r in rs)   # noqa: E731
+    assert key(rows[one]) == key(rows[two]) and len(rows[one]) == 4 * 2
+    records = [json.loads(p.read_text()) for p in sorted(two.glob("*/seed*/run.json"))]
+    assert sorted(r["rank"] for r in records) == [0, 0, 1, 1]                # both ranks trained, each its share
+    assert not list(two.glob("*/seed*/state.safetensors"))                  # the interrupted run finished
+    resumed = json.loads((two / "add_1" / "seed0" / "run.json").read_text())
+    alone = json.loads((one / "add_1" / "seed0" / "run.json").read_text())
+    assert resumed["losses"] == pytest.approx(alone["losses"], abs=1e-6)
+
+
+def test_readme_ddp_command_builds_the_zoo_in_an_empty_cache(lab_home, tmp_path):
+    """The README's DDP command, exactly as written, in a fresh working folder with no zoo, no deltas
+    and no generators (only the converted base models are linked in, as in every test): the ranks
+    build the zoo between them, then train to identical generators."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from llgbm.utils import REPO_ROOT
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    commands = re.findall(r"`(accelerate launch [^`]*-m llgbm\.ddp[^`]*)`", readme)
+    assert len(commands) == 1, commands
+    argv = shlex.split(commands[0])
+    argv = [str(Path(sys.executable).parent / "accelerate"), *argv[1:]]
+    assert not (lab_home / "zoo").exists()
+    env = dict(os.environ, LLGBM_HOME=str(lab_home))
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [root] = (lab_home / "zoo").glob("tiny-smoke-*")
+    records = [json.loads(p.read_text()) for p in root.glob("*/seed*/run.json")]
+    assert len(records) == len(zoo.ZooConfig.preset("smoke").task_names()) and {r["rank"] for r in records} == {0, 1}
+    assert (root / "manifest.json").exists()
+    ranks = [load_file(str(tmp_path / "runs" / "ddp" / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+
+def test_missing_runs_extends_the_profiles_zoo_but_never_a_foreign_one(tiny, lab_home):
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", steps=2, n_checkpoints=1, eval_items=2)
+    root = lab_home / "z"
+    assert zoo.missing_runs(cfg, root) == zoo.zoo_runs(cfg)                 # nothing there yet
+    zoo.train_teacher(model, tok, "add_1", 0, cfg, root, progress=False)
+    assert zoo.missing_runs(cfg, root) == [r for r in zoo.zoo_runs(cfg) if r != ("add_1", 0)]
+    assert zoo.missing_runs(zoo.ZooConfig.preset("smoke", steps=3), root) == []   # trained under another config
