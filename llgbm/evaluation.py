@@ -6,6 +6,7 @@ full forward, and only a handful of positions per item need logits."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,34 +48,41 @@ def target_logprobs(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32, prefix: str = "") -> np.ndarray:
-    """Per item: mean log-probability per gold-answer token (the terminating newline included)."""
+def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32, prefix: str = "", copies: int = 1) -> np.ndarray:
+    """Per item: mean log-probability per gold-answer token (the terminating newline included).
+    `copies` > 1 runs each batch's rows that many times over in one forward (copy i for adapter i of a
+    hooked FunctionalLoRA batch) and returns (copies, items)."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(pairs), batch_size):
         encoded = encode_pairs(tokenizer, task, pairs[i:i + batch_size], prefix)
-        batch = build_batch(encoded, tokenizer.pad_token_id, device)
+        batch = {k: v.repeat(copies, 1) for k, v in build_batch(encoded, tokenizer.pad_token_id, device).items()}
         lp = target_logprobs(model, batch)
-        counts = [len(t) for _, t in encoded]
-        out += [c.mean().item() for c in torch.split(lp, counts)]
-    return np.array(out)
+        counts = [len(t) for _, t in encoded] * copies
+        out.append(np.array([c.mean().item() for c in torch.split(lp, counts)]).reshape(copies, -1))
+    out = np.concatenate(out, axis=1) if out else np.zeros((copies, 0))
+    return out if copies > 1 else out[0]
 
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, task: Task, inputs, max_new_tokens: int, batch_size: int = 32,
-                   prefix: str = "") -> list[str]:
+                   prefix: str = "", copies: int = 1) -> list[str] | list[list[str]]:
+    """Greedy answers (left-padded batches, HF generate with its KV cache); with `copies` > 1, one
+    list per copy of the rows, as in `gold_loglik`."""
     device = next(model.parameters()).device
-    answers = []
+    answers = [[] for _ in range(copies)]
     for i in range(0, len(inputs), batch_size):
         prompts = tokenizer([prefix + task.prompt(x) for x in inputs[i:i + batch_size]], add_special_tokens=False).input_ids
         length = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts], device=device)
         attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
-        answers += [t.split("\n")[0] for t in texts]
-    return answers
+        out = model.generate(input_ids=ids.repeat(copies, 1), attention_mask=attn.repeat(copies, 1),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        texts = [t.split("\n")[0] for t in tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)]
+        for c in range(copies):
+            answers[c] += texts[c * len(prompts):(c + 1) * len(prompts)]
+    return answers if copies > 1 else answers[0]
 
 
 @dataclass
@@ -94,17 +102,21 @@ class TaskScores:
 
 
 def evaluate_task(model, tokenizer, task: Task, n: int | None = None, batch_size: int = 32, prefix: str = "",
-                  loglik_only: bool = False) -> TaskScores:
+                  loglik_only: bool = False, copies: int = 1) -> TaskScores | list[TaskScores]:
     """Score the first `n` test items (all when None): greedy exact match and gold log-likelihood
-    (`loglik_only`: the log-likelihood alone, `correct` all NaN). `prefix` precedes every prompt."""
+    (`loglik_only`: the log-likelihood alone, `correct` all NaN). `prefix` precedes every prompt.
+    `copies` > 1: one TaskScores per copy of the rows (see `evaluate_adapters`)."""
     pairs = task.test[:n]
-    ll = gold_loglik(model, tokenizer, task, pairs, batch_size, prefix)
+    ll = gold_loglik(model, tokenizer, task, pairs, batch_size, prefix, copies).reshape(copies, -1)
     if loglik_only:
-        return TaskScores(task.name, np.full(len(pairs), np.nan), ll)
-    gold_len = max(len(tokenizer(task.target(y), add_special_tokens=False).input_ids) for _, y in pairs)
-    preds = greedy_answers(model, tokenizer, task, [x for x, _ in pairs], gold_len + 1, batch_size, prefix)
-    correct = np.array([task.score(p, y) for p, (_, y) in zip(preds, pairs)])
-    return TaskScores(task.name, correct, ll, preds)
+        scores = [TaskScores(task.name, np.full(len(pairs), np.nan), ll[c]) for c in range(copies)]
+    else:
+        gold_len = max(len(tokenizer(task.target(y), add_special_tokens=False).input_ids) for _, y in pairs)
+        preds = greedy_answers(model, tokenizer, task, [x for x, _ in pairs], gold_len + 1, batch_size, prefix, copies)
+        preds = preds if copies > 1 else [preds]
+        scores = [TaskScores(task.name, np.array([task.score(p, y) for p, (_, y) in zip(preds[c], pairs)]), ll[c], preds[c])
+                  for c in range(copies)]
+    return scores if copies > 1 else scores[0]
 
 
 def evaluate_adapter(model, tokenizer, task: Task, adapter=None, n: int | None = None, lora_config=None,
@@ -115,3 +127,34 @@ def evaluate_adapter(model, tokenizer, task: Task, adapter=None, n: int | None =
         return evaluate_task(model, tokenizer, task, n, batch_size, **kw)
     with lora_applied(model, adapter, lora_config) as adapted:
         return evaluate_task(adapted, tokenizer, task, n, batch_size, **kw)
+
+
+def evaluate_adapters(model, tokenizer, task: Task, adapters: list, n: int | None = None, lora_config=None,
+                      batch_size: int = 32, **kw) -> list[TaskScores]:
+    """`evaluate_adapter` for several adapters on the same items, in shared forwards: each batch's rows
+    are repeated once per adapter, and FunctionalLoRA's hooks apply adapter i to copy i, decoding
+    included (HF generate and its KV cache run under the hooks). An adapter is None (the base model:
+    a zero LoRA), a peft folder or a state dict; all share one rank and targets (`lora_config`, or the
+    first folder's). The scores equal one-at-a-time evaluation within float tolerance (tested)."""
+    from .functional import FunctionalLoRA
+    from .lora import load_adapter_weights, stack_states
+    if not adapters:
+        raise ValueError("no adapters to evaluate: pass at least one (None is the base model)")
+    if all(a is None for a in adapters):
+        return [evaluate_task(model, tokenizer, task, n, batch_size, **kw) for _ in adapters]
+    if lora_config is None:
+        from peft import LoraConfig
+        folder = next((a for a in adapters if isinstance(a, (str, Path))), None)
+        if folder is None:
+            raise ValueError("state-dict adapters need their lora_config (rank, alpha, targets)")
+        lora_config = LoraConfig.from_pretrained(str(folder))
+    states = [load_adapter_weights(a) if isinstance(a, (str, Path)) else a for a in adapters]
+    like = next(s for s in states if s is not None)
+    states = [s if s is not None else {k: torch.zeros_like(v) for k, v in like.items()} for s in states]
+    if any(s.keys() != like.keys() for s in states):
+        raise ValueError("adapters evaluated together must share their LoRA tensors (same rank and targets)")
+    device = next(model.parameters()).device
+    flora = FunctionalLoRA.from_lora_config(model, lora_config, "hooks")
+    with flora.hooked({k: v.to(device) for k, v in stack_states(states).items()}):
+        scores = evaluate_task(model, tokenizer, task, n, batch_size, copies=len(states), **kw)
+    return scores if len(states) > 1 else [scores]

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import delta, generation, models, outputs, probes, tasks, training, zoo
 from .dataset import DeltaAugmentedDataset, GeneratorData
-from .evaluation import evaluate_adapter
+from .evaluation import evaluate_adapters
 from .generator import GeneratorConfig
 from .lora import average_adapters
 from .stats import cosine
@@ -139,11 +139,16 @@ class GeneratorLab:
     def evaluate(self, result: training.TrainResult, progress: bool = True, condition=None, loglik_only: bool = False,
                  n_items: int | None = None) -> dict[str, dict]:
         """Held-out scores of a generator run (see `generation.evaluate`); `n_items` defaults to the profile's."""
+        return self.evaluate_many([result], progress, condition, loglik_only, n_items)[0]
+
+    def evaluate_many(self, results: list[training.TrainResult], progress: bool = True, condition=None,
+                      loglik_only: bool = False, n_items: int | None = None) -> list[dict[str, dict]]:
+        """`evaluate` for several runs or checkpoints at once, in shared forwards (`generation.evaluate_many`)."""
         with_delta = self.supervision is not None
-        return generation.evaluate(result, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
-                                 self.zoo_cfg.lora_config(), self.heldout, n_items or self.tcfg.eval_items,
-                                 self.supervision if with_delta else None, self.teacher_deltas() if with_delta else None,
-                                 progress, condition, loglik_only)
+        return generation.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
+                                        self.zoo_cfg.lora_config(), self.heldout, n_items or self.tcfg.eval_items,
+                                        self.supervision if with_delta else None,
+                                        self.teacher_deltas() if with_delta else None, progress, condition, loglik_only)
 
     def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
         """Per training task: mean cos(Δ of the adapter generated from its prompts, its teachers' Δ)."""
@@ -189,9 +194,9 @@ class GeneratorLab:
             task = tasks.get_task(t)
             adapters = {"base": None, "mean_lora": mean_lora, "nearest_lora": self.root / final[nearest[t]],
                         "teacher": self.root / final[t]}
-            for m, adapter in adapters.items():
-                s = evaluate_adapter(self.model, self.tokenizer, task, adapter, n=self.tcfg.eval_items,
-                                     lora_config=self.zoo_cfg.lora_config())
+            scores = evaluate_adapters(self.model, self.tokenizer, task, list(adapters.values()), n=self.tcfg.eval_items,
+                                       lora_config=self.zoo_cfg.lora_config())   # the four in shared forwards
+            for m, s in zip(adapters, scores):
                 out[m][t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
         atomic_write_json(path, dict({m: {t: {k: v.tolist() for k, v in d.items()} for t, d in rows.items()}
                                       for m, rows in out.items()}, nearest=nearest))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import TaskScores, evaluate_adapter
+from .evaluation import evaluate_adapters
 from .generator import HyperConvGenerator, encode_prompts
 from .lora import save_adapter
 from .stats import cosine
@@ -55,34 +55,52 @@ def evaluate(result, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D,
     `teacher_deltas` ({task: (k, hidden) deltas of its zoo checkpoints}), `delta` (the generated Δ) and
     `delta_cos` (its cosine with each teacher checkpoint's Δ), which cost one probe forward per task
     and are recomputed every time."""
-    condition = condition or (lambda task: task.prompts("train"))
-    texts = {name: condition(get_task(name)) for name in task_names}
+    return evaluate_many([result], encoder, model, tokenizer, lora_tokenizer, lora_config, task_names, n_items,
+                         supervision, teacher_deltas, progress, condition, loglik_only)[0]
+
+
+def _eval_cache(result, texts: dict[str, list[str]], task_names: list[str], n_items: int, loglik_only: bool) -> Path | None:
     key = dict(tasks=list(task_names), n=n_items, step=len(result.history.get("loss", [])))
     if loglik_only:
         key["loglik_only"] = True
     if any(texts[t] != get_task(t).prompts("train") for t in task_names):
         key["condition"] = hash_bytes(json.dumps(texts, sort_keys=True).encode())[:16]
     key = hash_bytes(json.dumps(key).encode())[:12]
-    cache = result.run_dir / f"eval_{key}.json" if result.run_dir is not None else None
-    scores = None
-    if cache is not None and cache.exists():
-        scores = {t: {k: np.asarray(v, dtype=float) for k, v in d.items()} for t, d in json.loads(cache.read_text()).items()}
-    out = {}
+    return result.run_dir / f"eval_{key}.json" if result.run_dir is not None else None
+
+
+def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D, lora_config,
+                  task_names: list[str], n_items: int, supervision=None,
+                  teacher_deltas: dict[str, np.ndarray] | None = None, progress: bool = True,
+                  condition=None, loglik_only: bool = False) -> list[dict[str, dict]]:
+    """`evaluate` for several generator runs (seeds, checkpoints along a run) on the same items: the
+    runs not yet scored are scored together, their adapters in shared forwards
+    (`evaluation.evaluate_adapters`); each run's scores are cached in its own folder as `evaluate`
+    caches them, so a run scored alone or with others reads the same cache."""
+    condition = condition or (lambda task: task.prompts("train"))
+    texts = {name: condition(get_task(name)) for name in task_names}
+    caches = [_eval_cache(r, texts, task_names, n_items, loglik_only) for r in results]
+    saved = [{t: {k: np.asarray(v, dtype=float) for k, v in d.items()} for t, d in json.loads(c.read_text()).items()}
+             if c is not None and c.exists() else None for c in caches]
+    todo = [i for i, s in enumerate(saved) if s is None]
+    outs: list[dict] = [{} for _ in results]
     for name in tqdm(task_names, desc="evaluate", disable=not progress, leave=False):
         task = get_task(name)
-        tokens = generate_tokens(result.generator, encoder, texts[name])
-        if scores is not None:
-            row = dict(scores[name])
-        else:
-            s: TaskScores = evaluate_adapter(model, tokenizer, task, lora_tokenizer.detokenize(tokens), n=n_items,
-                                             lora_config=lora_config, loglik_only=loglik_only)
-            row = dict(correct=s.correct.astype(float), loglik=s.loglik)
-        if supervision is not None and teacher_deltas is not None:
-            with torch.no_grad():
-                d = supervision(tokens[None])[0].numpy()
-            row["delta"], row["delta_cos"] = d, cosine(d, teacher_deltas[name])
-        out[name] = row
-    if cache is not None and scores is None:
-        atomic_write_json(cache, {t: {k: [None if np.isnan(x) else x for x in np.asarray(d[k], dtype=float).tolist()]
-                                      for k in ("correct", "loglik")} for t, d in out.items()})
-    return out
+        tokens = [generate_tokens(r.generator, encoder, texts[name]) for r in results]
+        if todo:
+            scores = evaluate_adapters(model, tokenizer, task, [lora_tokenizer.detokenize(tokens[i]) for i in todo],
+                                       n=n_items, lora_config=lora_config, loglik_only=loglik_only)
+            for i, s in zip(todo, scores):
+                outs[i][name] = dict(correct=s.correct.astype(float), loglik=s.loglik)
+        for i, s in enumerate(saved):
+            if s is not None:
+                outs[i][name] = dict(s[name])
+            if supervision is not None and teacher_deltas is not None:
+                with torch.no_grad():
+                    d = supervision(tokens[i][None])[0].numpy()
+                outs[i][name]["delta"], outs[i][name]["delta_cos"] = d, cosine(d, teacher_deltas[name])
+    for i in todo:
+        if caches[i] is not None:
+            atomic_write_json(caches[i], {t: {k: [None if np.isnan(x) else x for x in np.asarray(d[k], dtype=float).tolist()]
+                                              for k in ("correct", "loglik")} for t, d in outs[i].items()})
+    return outs

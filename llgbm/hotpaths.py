@@ -31,12 +31,14 @@ class HotPath:
     tokens: int = 0         # tokens a call processes (padding included); 0: not token-shaped
     real_tokens: int = 0    # of which real (not padding)
     note: str = ""
+    items: int = 0          # test items a call scores (evaluation paths); 0: not item-shaped
 
     def row(self, peak: float) -> dict:
         rate = self.flops / self.seconds
         useful = self.real_tokens / self.tokens if self.tokens else math.nan
         return {"hot path": self.name, "ms / call": 1e3 * self.seconds,
                 "real tokens/s": self.real_tokens / self.seconds if self.tokens else math.nan,
+                "items/s": self.items / self.seconds if self.items else math.nan,
                 "GFLOP/s": rate / 1e9, "fraction of peak": rate / peak,
                 "useful fraction of peak": rate * useful / peak if self.tokens else math.nan,
                 "padded share": 1 - useful if self.tokens else math.nan, "note": self.note}
@@ -50,10 +52,10 @@ def counted_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(name: str, fn, repeats: int, tokens: int = 0, real_tokens: int = 0, note: str = "") -> HotPath:
+def measure(name: str, fn, repeats: int, tokens: int = 0, real_tokens: int = 0, note: str = "", items: int = 0) -> HotPath:
     """One counted (and warming) call, then the median time of `repeats` calls."""
     flops = counted_flops(fn)
-    return HotPath(name, median_time(fn, repeats, warmup=0), flops, tokens, real_tokens, note)
+    return HotPath(name, median_time(fn, repeats, warmup=0), flops, tokens, real_tokens, note, items)
 
 
 class ZooStep:
@@ -111,6 +113,19 @@ def evaluation_paths(model, tokenizer, task, n: int, repeats: int) -> list[HotPa
                      lambda: greedy_answers(model, tokenizer, task, [x for x, _ in pairs], new, batch_size=n),
                      repeats, n * (max(prompts) + new), sum(prompts) + n * new, "left-padded, KV cache")
     return [loglik, greedy]
+
+
+def adapter_evaluation(lab, task, n: int, repeats: int, n_adapters: int = 4) -> list[HotPath]:
+    """Scoring `n_adapters` zoo adapters on the same `n` items (log-lik and greedy exact match), before
+    and after shared forwards: one at a time through peft, then all in one hooked batch."""
+    from .evaluation import evaluate_adapter, evaluate_adapters
+    folders = [lab.root / r["path"] for r in lab.manifest[:n_adapters]]
+    one = lambda: [evaluate_adapter(lab.model, lab.tokenizer, task, f, n=n) for f in folders]   # noqa: E731
+    shared = lambda: evaluate_adapters(lab.model, lab.tokenizer, task, folders, n=n)             # noqa: E731
+    k = len(folders)
+    return [measure(f"evaluation, {k} adapters one at a time (peft)", one, repeats, items=k * n, note=f"{n} items each"),
+            measure(f"evaluation, {k} adapters in shared forwards", shared, repeats, items=k * n,
+                    note=f"{n} items each, hooks + KV cache")]
 
 
 def perplexity_path(model, tokenizer, repeats: int, n_windows: int = 8, window: int = 128) -> HotPath:
@@ -242,6 +257,7 @@ def hot_paths(lab, repeats: int = 3, eval_items: int = 32) -> list[HotPath]:
     task = get_task(lab.heldout[0])
     paths = [zoo_step(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]), repeats)]
     paths += evaluation_paths(lab.model, lab.tokenizer, task, eval_items, repeats)
+    paths += adapter_evaluation(lab, task, eval_items, repeats)
     paths += generator_steps(lab, steps=repeats)
     paths += functional_paths(lab, repeats)
     paths.append(perplexity_path(lab.model, lab.tokenizer, repeats))

@@ -71,12 +71,14 @@ def train_kwargs(zcfg: ZeroShotConfig, method: str) -> dict:
 def learning_curve(lab, zcfg: ZeroShotConfig, ref: dict, method: str, objective: str, seed: int,
                    progress: bool = False, **train_kw) -> list[dict]:
     """Log-lik gap recovery on the first `curve_items` items of each held-out task at every curve step
-    (the run is trained step point by step point; each point's scores are cached in its folder)."""
+    (the run is trained step point by step point, then the points are scored together in shared
+    forwards; each point's scores are cached in its folder)."""
     rows, n, held = [], zcfg.curve_items, lab.heldout
     cond = train_kw.pop("condition", None)
-    for step in zcfg.curve(objective):
-        res = lab.train(objective, seed, progress=progress, steps=step, keep_steps=zcfg.curve(objective), **train_kw)
-        ev = lab.evaluate(res, progress=False, condition=cond, loglik_only=True, n_items=n)
+    steps = zcfg.curve(objective)
+    results = [lab.train(objective, seed, progress=progress, steps=step, keep_steps=steps, **train_kw) for step in steps]
+    evals = lab.evaluate_many(results, progress=False, condition=cond, loglik_only=True, n_items=n)
+    for step, res, ev in zip(steps, results, evals):
         sub = {m: {t: {"loglik": np.asarray(ref[m][t]["loglik"])[:n]} for t in held} for m in ("base", "teacher")}
         gr = stats.gap_recovery(stats.pooled(sub["base"], "loglik", held), stats.pooled(ev, "loglik", held),
                                 stats.pooled(sub["teacher"], "loglik", held), n_boot=1)[0]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,7 @@ def test_hot_path_rows_and_op_kinds():
     row = hotpaths.HotPath("x", seconds=2.0, flops=4e9, tokens=100, real_tokens=75).row(peak=4e9)
     assert row["fraction of peak"] == pytest.approx(0.5) and row["useful fraction of peak"] == pytest.approx(0.375)
     assert row["padded share"] == pytest.approx(0.25) and row["real tokens/s"] == pytest.approx(37.5)
+    assert np.isnan(row["items/s"]) and hotpaths.HotPath("y", 2.0, 1.0, items=10).row(1.0)["items/s"] == 5
     assert hotpaths.op_kind("aten::mm") == "matmul (GEMM)" and hotpaths.op_kind("aten::_foreach_mul_") == "optimizer"
     assert hotpaths.op_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
 
@@ -65,7 +67,7 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
-    for path in ("zoo training step", "gold log-lik forward", "greedy decoding", "perplexity forward",
+    for path in ("zoo training step", "gold log-lik forward", "greedy decoding", "perplexity forward", "shared forwards",
                  *(f"generator step, {o}" for o in hotpaths.OBJECTIVES), "FunctionalLoRA hooks", "adapters in one hooked"):
         assert path in text, path
     result = json.loads(out.with_suffix(".json").read_text())

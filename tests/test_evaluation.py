@@ -63,3 +63,28 @@ def test_smollm2_answers_some_items_correctly(real_home):
     gold = [y for _, y in task.test[:10]]
     assert 0.2 <= s.acc <= 1.0, s.predictions          # SmolLM2-135M-Instruct repeats about 4 words in 10
     assert all(p.strip() == g for p, g, c in zip(s.predictions, gold, s.correct) if c)
+
+
+def test_adapters_evaluated_in_shared_forwards_score_as_one_at_a_time(tiny_zoo, tiny):
+    """Base, two teacher folders and a state dict scored together (rows repeated per adapter, hooks
+    apply adapter i to copy i, generate's KV cache included) equal peft's one-at-a-time scores."""
+    from llgbm import lora
+    model, tok = tiny
+    root, manifest, _, _ = tiny_zoo
+    folders = [root / r["path"] for r in manifest[:2]]
+    avg = lora.average_adapters(folders)
+    cfg = __import__("peft").LoraConfig.from_pretrained(str(folders[0]))
+    task = get_task("add_1")
+    adapters = [None, *folders, avg]
+    together = evaluation.evaluate_adapters(model, tok, task, adapters, n=12, lora_config=cfg, batch_size=5)
+    alone = [evaluation.evaluate_adapter(model, tok, task, a, n=12, lora_config=cfg, batch_size=5) for a in adapters]
+    assert len(together) == 4
+    for t, a in zip(together, alone):
+        np.testing.assert_allclose(t.loglik, a.loglik, atol=1e-4)
+        assert t.predictions == a.predictions and np.array_equal(t.correct, a.correct)
+    assert not np.allclose(together[0].loglik, together[1].loglik)       # the adapters did differ
+    assert not any("lora" in n for n, _ in model.named_modules())
+    only_ll = evaluation.evaluate_adapters(model, tok, task, adapters[:2], n=12, loglik_only=True)   # config from the folder
+    np.testing.assert_allclose(only_ll[1].loglik, alone[1].loglik, atol=1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        evaluation.evaluate_adapters(model, tok, task, [])

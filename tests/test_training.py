@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llgbm import generator, models, training
+from llgbm import generator, models, tasks, training
 from llgbm.dataset import DeltaAugmentedDataset, GeneratorData
 from llgbm.probes import create_generic_probes
 from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
@@ -110,12 +110,31 @@ def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch,
     first = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
     assert set(first["add_3"]) == {"correct", "loglik"} and len(first["add_3"]["loglik"]) == 3
     assert len(list((tmp_path / "run").glob("eval_*.json"))) == 1
-    calls, real = [], generation.evaluate_adapter
-    monkeypatch.setattr(generation, "evaluate_adapter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], generation.evaluate_adapters
+    monkeypatch.setattr(generation, "evaluate_adapters", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
     again = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
     assert calls == [] and np.array_equal(again["add_3"]["loglik"], first["add_3"]["loglik"])   # served from the cache
     other = training.evaluate(res, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 2, progress=False)
     assert calls == [1] and np.allclose(other["add_3"]["loglik"], first["add_3"]["loglik"][:2], atol=1e-5)
+
+    # Several runs at once: the cached one is read, the two new ones share forwards, each gets its own cache,
+    # and every run scores as it does alone.
+    more = [training.train(data, GCFG, training.TrainingConfig.preset("smoke", "weight", steps=s), 1, sup,
+                           run_dir=tmp_path / f"run{s}", progress=False) for s in (1, 3)]
+    calls.clear()
+    together = generation.evaluate_many([res, *more], enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)
+    assert calls == [2] and np.array_equal(together[0]["add_3"]["loglik"], first["add_3"]["loglik"])
+    for r, t in zip(more, together[1:]):
+        assert len(list(r.run_dir.glob("eval_*.json"))) == 1
+        alone = training.evaluate(r, enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, progress=False)   # cached
+        assert np.array_equal(alone["add_3"]["loglik"], t["add_3"]["loglik"])
+    assert calls == [2]
+    task = tasks.get_task("add_3")
+    states = [data.lora_tokenizer.detokenize(generation.generate_tokens(r.generator, enc, task.prompts("train"))) for r in more]
+    fresh = [real(model, tok, task, [state], n=3, lora_config=lcfg)[0] for state in states]
+    for f, t in zip(fresh, together[1:]):
+        np.testing.assert_allclose(f.loglik, t["add_3"]["loglik"], atol=1e-4)        # shared = alone
+    assert not np.allclose(together[1]["add_3"]["loglik"], together[2]["add_3"]["loglik"])
 
 
 def test_run_folders_are_keyed_by_what_changes_training(setup):
