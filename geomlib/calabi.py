@@ -93,6 +93,33 @@ class CalibrationStats:
         return self.sum / max(self.n, 1)
 
 
+DECOMPOSITION_OF = {"plain": "svd", "energy_gap": "svd", "asvd": "asvd", "svdllm": "svdllm"}
+
+
+def decompose(w: torch.Tensor, method: str, calib: CalibrationStats | None = None, asvd_alpha: float = 0.5) -> dict:
+    """The factorisation a method truncates, computed once per layer and reused for every ratio:
+    {u, s, vh} of W (plain, energy_gap), of W·diag(mean|x|^α) with that `scale` (asvd), or of W·L
+    with L the Cholesky factor of the calibration XᵀX and `inv` = L⁻¹ (svdllm)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method in ("asvd", "svdllm") and calib is None:
+        raise ValueError(f"method {method!r} is activation-aware: pass calib= (CalibrationStats of the layer's inputs)")
+    n = w.shape[1]
+    scale = inv = None
+    if method == "asvd":
+        scale = (calib.abs_sum / max(calib.n, 1)).clamp_min(1e-6).pow(asvd_alpha).to(w)
+        u, s, vh = robust_svd(w * scale)
+    elif method == "svdllm":
+        xxt = calib.xxt / max(calib.n, 1)
+        jitter = 1e-6 * xxt.diagonal().mean()
+        chol = torch.linalg.cholesky(xxt + jitter * torch.eye(n, dtype=xxt.dtype))
+        u, s, vh = robust_svd(w.double().cpu() @ chol)
+        inv = torch.linalg.solve_triangular(chol, torch.eye(n, dtype=chol.dtype), upper=False)
+    else:
+        u, s, vh = robust_svd(w)
+    return dict(kind=DECOMPOSITION_OF[method], u=u, s=s, vh=vh, scale=scale, inv=inv)
+
+
 class OptimizedCalabiYauLinear(nn.Module):
     """A truncated-SVD replacement for an nn.Linear, y = x·V·diag(S)·Uᵀ + b.
 
@@ -100,11 +127,13 @@ class OptimizedCalabiYauLinear(nn.Module):
     by the ratio, with the reconstruction bias), 'asvd' (columns scaled by mean |x|^alpha before the
     SVD), 'svdllm' (SVD of W·L with L the Cholesky factor of the calibration XᵀX). `calib` is the
     layer's CalibrationStats; 'asvd' and 'svdllm' need it, and with it every method folds the
-    reconstruction bias (W − W')·E[x] into the bias unless bias_correction=False."""
+    reconstruction bias (W − W')·E[x] into the bias unless bias_correction=False. `decomposition` (from
+    `decompose` of this layer and method) skips the factorisation: the grid truncates one per ratio."""
 
     def __init__(self, original_linear: nn.Linear, compression_ratio: float = 0.5, method: str = "energy_gap",
                  calib: CalibrationStats | None = None, energy_threshold: float = 0.9, bias_correction: bool = True,
-                 asvd_alpha: float = 0.5, rank: int | None = None, check_saving: bool = True):
+                 asvd_alpha: float = 0.5, rank: int | None = None, check_saving: bool = True,
+                 decomposition: dict | None = None):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -119,18 +148,11 @@ class OptimizedCalabiYauLinear(nn.Module):
         if check_saving and budget >= break_even_rank(m, n):
             raise ValueError(f"rank {budget} of a {m}×{n} layer saves nothing (break-even k < {break_even_rank(m, n):.1f}); "
                              f"raise compression_ratio above 0 or keep the layer dense")
-        scale = inv = None
-        if method == "asvd":
-            scale = (calib.abs_sum / max(calib.n, 1)).clamp_min(1e-6).pow(asvd_alpha).to(w)
-            u, s, vh = robust_svd(w * scale)
-        elif method == "svdllm":
-            xxt = calib.xxt / max(calib.n, 1)
-            jitter = 1e-6 * xxt.diagonal().mean()
-            chol = torch.linalg.cholesky(xxt + jitter * torch.eye(n, dtype=xxt.dtype))
-            u, s, vh = robust_svd(w.double().cpu() @ chol)
-            inv = torch.linalg.solve_triangular(chol, torch.eye(n, dtype=chol.dtype), upper=False)
-        else:
-            u, s, vh = robust_svd(w)
+        d = decomposition if decomposition is not None else decompose(w, method, calib, asvd_alpha)
+        if d["kind"] != DECOMPOSITION_OF[method] or d["u"].shape[0] != m or d["vh"].shape[1] != n:
+            raise ValueError(f"the decomposition given is a {d['kind']} of a {d['u'].shape[0]}×{d['vh'].shape[1]} weight; "
+                             f"method {method!r} on this {m}×{n} layer needs its {DECOMPOSITION_OF[method]}")
+        u, s, vh, scale, inv = d["u"], d["s"], d["vh"], d["scale"], d["inv"]
         self.singular_values = s.detach().clone()   # the full spectrum, for analysis
         k = select_rank(s, budget, energy_threshold) if method == "energy_gap" else budget
         v = vh[:k].T                                 # (n, k)
@@ -185,9 +207,10 @@ class OptimizedCYModelUtils:
     @staticmethod
     def replace_linear_layers(model: nn.Module, compression_ratio: float = 0.5, min_features: int = 128,
                               method: str = "plain", calib: dict[str, CalibrationStats] | None = None,
-                              skip: tuple[str, ...] = ("lm_head",), **layer_kw) -> int:
+                              skip: tuple[str, ...] = ("lm_head",), decompositions: dict | None = None, **layer_kw) -> int:
         """Replace every nn.Linear with min(in, out) ≥ min_features (and not named in `skip`) that the
-        ratio can actually shrink; return how many were replaced."""
+        ratio can actually shrink; return how many were replaced. `decompositions` ({layer name:
+        `decompose` result}, filled as layers are met) lets later calls on the same weights reuse them."""
         targets = [(name, mod) for name, mod in model.named_modules()
                    if isinstance(mod, nn.Linear) and min(mod.in_features, mod.out_features) >= min_features
                    and not any(name == s or name.endswith("." + s) for s in skip)]
@@ -199,8 +222,16 @@ class OptimizedCYModelUtils:
                 continue
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, OptimizedCalabiYauLinear(mod, compression_ratio, method,
-                                                            calib.get(name) if calib else None, **layer_kw))
+            stats = calib.get(name) if calib else None
+            d = None
+            if decompositions is not None:
+                key = (name, DECOMPOSITION_OF.get(method, method))
+                if key not in decompositions:
+                    decompositions[key] = decompose(mod.weight.detach(), method, stats,
+                                                    layer_kw.get("asvd_alpha", 0.5))
+                d = decompositions[key]
+            setattr(parent, child, OptimizedCalabiYauLinear(mod, compression_ratio, method, stats, decomposition=d,
+                                                            **layer_kw))
             count += 1
         return count
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from llgbm import models
 from llgbm.utils import check_profile
 
-from . import lm_eval
+from . import calabi, lm_eval
 from .calabi import (METHODS, OptimizedCalabiYauLinear, OptimizedCYModelUtils, check_gradient_flow, collect_calibration,
                      compress_hf_model)
 
@@ -36,23 +36,30 @@ class CalabiConfig:
         return replace(cls(**base[check_profile(profile)]), **{k: v for k, v in overrides.items() if v is not None})
 
 
-def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiConfig):
+def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiConfig, decompositions: dict | None = None):
     """A fresh copy of the model with its decoder linears compressed by `method` at `ratio`; returns
-    (model, number of layers replaced)."""
+    (model, number of layers replaced). `decompositions` carries each layer's factorisation from one
+    ratio to the next (see `OptimizedCYModelUtils.replace_linear_layers`)."""
     model, _ = models.load_model(model_name, device="cpu")
     n = OptimizedCYModelUtils.replace_linear_layers(model, ratio, min_features=cfg.min_features, method=method,
-                                                    calib=None if method == "plain" else stats)
+                                                    calib=None if method == "plain" else stats,
+                                                    decompositions=decompositions)
     return model, n
 
 
 def compression_grid(model_name: str, stats, eval_ids: torch.Tensor, cfg: CalabiConfig, dense_params: int,
                      methods=METHODS, progress: bool = True) -> pd.DataFrame:
     """Every method × ratio in one harness: layers replaced, real parameter count, fraction removed,
-    held-out perplexity and tokens/s of the same pass."""
-    rows = []
+    held-out perplexity and tokens/s of the same pass. Each layer is factorised once per kind of
+    decomposition (plain and energy_gap share the SVD of W) and truncated for every ratio."""
+    rows, decompositions = [], {}
     cells = [(m, r) for m in methods for r in cfg.ratios]
     for method, r in tqdm(cells, desc="calabi grid", disable=not progress):
-        model, n = compressed(model_name, r, method, stats, cfg)
+        kind = calabi.DECOMPOSITION_OF[method]
+        for key in [k for k in decompositions if k[1] != kind]:   # one kind held at a time (memory)
+            if not any(calabi.DECOMPOSITION_OF[m] == key[1] for m, _ in cells[cells.index((method, r)):]):
+                del decompositions[key]
+        model, n = compressed(model_name, r, method, stats, cfg, decompositions)
         ppl, tps = lm_eval.perplexity(model, eval_ids)
         params = OptimizedCYModelUtils.count_parameters(model)
         rows.append(dict(method=method, ratio=r, layers=n, params=params, removed=1 - params / dense_params,

@@ -118,3 +118,33 @@ def test_the_seed_demo_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "geomlib.calabi"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Compressed 2 layers" in out.stdout and "ratio 0.5: rank 256" in out.stdout
+
+
+def test_one_decomposition_per_layer_and_kind_serves_every_ratio(monkeypatch):
+    """The grid factorises each layer once per kind (plain and energy_gap share the SVD of W) and
+    truncates it per ratio; the layers equal those factorised afresh."""
+    g = torch.Generator().manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(96, 80), nn.Linear(80, 96))   # noqa: E731
+    torch.manual_seed(0)
+    ref_model = make()
+    x = torch.randn(256, 96, generator=g) * torch.linspace(0.1, 3, 96)
+    stats = calabi.collect_calibration(ref_model, [dict(input=x)])
+    calls, real = [], calabi.decompose
+    monkeypatch.setattr(calabi, "decompose", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    shared = {}
+    for method in calabi.METHODS:
+        for ratio in (0.2, 0.5):
+            fresh, reused = make(), make()
+            fresh.load_state_dict(ref_model.state_dict())
+            reused.load_state_dict(ref_model.state_dict())
+            kw = dict(compression_ratio=ratio, min_features=32, method=method, calib=stats)
+            calabi.OptimizedCYModelUtils.replace_linear_layers(fresh, **kw)
+            calabi.OptimizedCYModelUtils.replace_linear_layers(reused, decompositions=shared, **kw)
+            for a, b in zip(fresh, reused):
+                assert a.rank == b.rank
+                assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert sorted(k[1] for k in shared) == ["asvd", "asvd", "svd", "svd", "svdllm", "svdllm"]
+    reuse_calls = len(calls) - 2 * len(calabi.METHODS) * 2     # the fresh models decompose every time
+    assert reuse_calls == len(shared) == 6
+    with pytest.raises(ValueError, match="needs its svdllm"):
+        calabi.OptimizedCalabiYauLinear(ref_model[0], 0.5, "svdllm", stats["0"], decomposition=shared["0", "svd"])
