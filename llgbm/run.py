@@ -107,13 +107,27 @@ def _ticking(enabled: bool, every: float = 5.0):
         stop.set()
 
 
-def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None) -> None:
+def suite_mode(state: dict) -> str:
+    """How warm the cache was when a suite run started: "cold" (no teacher and no generator run yet:
+    an empty ~/.cache/llgbm; the committed deltas/ do not count), "warm" (the zoo finished and
+    generators trained: a rerun), or "partial" (anything between)."""
+    if state["zoo_runs"] == 0 and state["generator_runs"] == 0:
+        return "cold"
+    return "warm" if state["state"] == "warm" and state["generator_runs"] > 0 else "partial"
+
+
+def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
-    partial reruns (`--only`)."""
+    partial reruns (`--only`). `mode` (suite_mode at the start of the whole run) also files it as
+    that notebook's latest cold, warm or partial run, so the report can show both kinds."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[stem] = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                         **({"start_state": state} if state else {}))
+    entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                 **({"start_state": state} if state else {}))
+    runs = dict(timings.get(stem, {}).get("runs", {}))
+    if mode is not None:
+        runs[mode] = dict(entry)
+    timings[stem] = dict(entry, **({"runs": runs} if runs else {}))
     atomic_write_json(path, timings)
 
 
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     path = reports_root() / args.profile / "timings.json"
     last = json.loads(path.read_text()) if path.exists() else {}
     t_all = time.time()
+    mode = suite_mode(cache_state(args.profile))
+    print(f"[llgbm.run] {len(selected)} notebook(s), {args.profile}, starting from a {mode} cache", flush=True)
     for i, nb in enumerate(selected, 1):
         state = cache_state(args.profile)
         estimate = f", last run {last[nb.stem]['seconds'] / 60:.0f} min" if nb.stem in last else ""
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds, state)
+        record_timing(args.profile, nb.stem, seconds, state, mode)
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

@@ -166,11 +166,29 @@ def test_report_collects_metrics_tables_and_claims(tmp_path, monkeypatch):
     assert "| a_metric | 0.5 |" in text and "| X is faster | seed 001 | **refuted** | 0.8x |" in text
 
 
-def test_report_states_the_suite_budget_verdict(tmp_path, monkeypatch):
+def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
     nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
-    for seconds, verdict in [(1800, "within budget"), (4000, "over budget")]:
-        run.record_timing("quick", "00_baseline", seconds)
-        assert f"**{verdict}**" in report.write_report("quick", nb).read_text()
-    run.record_timing("smoke", "00_baseline", 5)          # smoke has no suite budget: no verdict line
+    run.record_timing("quick", "00_baseline", 1200)        # no mode: a latest run, neither cold nor warm
+    text = report.write_report("quick", nb).read_text()
+    assert "Whole suite, cold: not yet timed" in text and "| 00_baseline | 15 min | — | — | — | 1200 |" in text
+    run.record_timing("quick", "00_baseline", 1800, mode="cold")
+    run.record_timing("quick", "02_dataset", 300, mode="cold")
+    text = report.write_report("quick", nb).read_text()
+    assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min |" in text and "| 02_dataset | 10 min | 300 | met |" in text
+    assert "Whole suite, cold: 35 min against 60 min: **within budget**" in text
+    run.record_timing("quick", "00_baseline", 500, mode="warm")
+    run.record_timing("quick", "02_dataset", 200, mode="warm")
+    text = report.write_report("quick", nb).read_text()
+    assert "Whole suite, warm: 12 min against 10 min: **over budget**" in text
+    assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min | 500 | 500 |" in text   # the cold run is kept
+    run.record_timing("smoke", "00_baseline", 5, mode="cold")   # smoke has no budgets: no verdicts
     assert "budget**" not in report.write_report("smoke", nb).read_text()
+
+
+def test_suite_mode_reads_the_cache_state():
+    state = dict(state="cold", zoo_runs=0, zoo_planned=24, generator_runs=0, cached_deltas=48)
+    assert run.suite_mode(state) == "cold"                  # the committed deltas do not make it warm
+    assert run.suite_mode(dict(state, state="warm", zoo_runs=24, generator_runs=30)) == "warm"
+    assert run.suite_mode(dict(state, state="warm", zoo_runs=24)) == "partial"
+    assert run.suite_mode(dict(state, state="partial", zoo_runs=3, generator_runs=2)) == "partial"
