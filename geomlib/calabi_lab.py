@@ -1,8 +1,14 @@
 """Notebook 11's harness for Calabi (seed 001): the profile presets, the method × ratio grid
 (perplexity, real parameter counts, CPU throughput), fine-tuning the factors of a compressed model
-(the seed's "advanced usage"), and MiniLM sentence embeddings before and after compression."""
+(the seed's "advanced usage"), and MiniLM sentence embeddings before and after compression.
+
+The dense reference and every grid cell are cached as JSON under $LLGBM_HOME/calabi/, keyed by the
+model's content and the settings that change them, and so are the fine-tuning run and the MiniLM
+cosines: a rerun measures nothing twice. A cached cell's tokens/s is the one measured with its
+perplexity when it was computed."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -10,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llgbm import models
-from llgbm.utils import check_profile
+from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home
 
 from . import calabi, lm_eval
 from .calabi import (METHODS, OptimizedCalabiYauLinear, OptimizedCYModelUtils, check_gradient_flow, collect_calibration,
@@ -36,6 +42,32 @@ class CalabiConfig:
         return replace(cls(**base[check_profile(profile)]), **{k: v for k, v in overrides.items() if v is not None})
 
 
+CACHE_VERSION = 1
+
+
+def cached(kind: str, key: dict, compute) -> dict:
+    """`compute()` (a JSON-able dict) once per content key, kept under $LLGBM_HOME/calabi/."""
+    path = llgbm_home() / "calabi" / f"{kind}-{config_hash(dict(key, v=CACHE_VERSION))}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    out = compute()
+    atomic_write_json(path, out)
+    return out
+
+
+def measure_key(model_name: str, cfg: CalabiConfig) -> dict:
+    """What a perplexity measurement depends on: the model's content and the windows."""
+    return dict(model=models.model_fingerprint(model_name), calib_windows=cfg.calib_windows,
+                eval_windows=cfg.eval_windows, window=cfg.window, min_features=cfg.min_features)
+
+
+def dense_reference(model_name: str, dense, eval_ids: torch.Tensor, cfg: CalabiConfig) -> tuple[float, float]:
+    """(perplexity, tokens/s) of the dense model on the evaluation windows (cached)."""
+    row = cached("dense", measure_key(model_name, cfg),
+                 lambda: dict(zip(("ppl", "tokens_per_s"), lm_eval.perplexity(dense, eval_ids))))
+    return row["ppl"], row["tokens_per_s"]
+
+
 def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiConfig, decompositions: dict | None = None):
     """A fresh copy of the model with its decoder linears compressed by `method` at `ratio`; returns
     (model, number of layers replaced). `decompositions` carries each layer's factorisation from one
@@ -59,12 +91,14 @@ def compression_grid(model_name: str, stats, eval_ids: torch.Tensor, cfg: Calabi
         for key in [k for k in decompositions if k[1] != kind]:   # one kind held at a time (memory)
             if not any(calabi.DECOMPOSITION_OF[m] == key[1] for m, _ in cells[cells.index((method, r)):]):
                 del decompositions[key]
-        model, n = compressed(model_name, r, method, stats, cfg, decompositions)
-        ppl, tps = lm_eval.perplexity(model, eval_ids)
-        params = OptimizedCYModelUtils.count_parameters(model)
-        rows.append(dict(method=method, ratio=r, layers=n, params=params, removed=1 - params / dense_params,
-                         ppl=ppl, tokens_per_s=tps))
-        del model
+
+        def cell():
+            model, n = compressed(model_name, r, method, stats, cfg, decompositions)
+            ppl, tps = lm_eval.perplexity(model, eval_ids)
+            return dict(layers=n, params=OptimizedCYModelUtils.count_parameters(model), ppl=ppl, tokens_per_s=tps)
+        row = cached("cell", dict(measure_key(model_name, cfg), method=method, ratio=r), cell)
+        rows.append(dict(method=method, ratio=r, layers=row["layers"], params=row["params"],
+                         removed=1 - row["params"] / dense_params, ppl=row["ppl"], tokens_per_s=row["tokens_per_s"]))
     return pd.DataFrame(rows)
 
 
@@ -94,8 +128,26 @@ def finetune_factors(model, calib_ids: torch.Tensor, cfg: CalabiConfig) -> dict:
     return dict(gradient_norms=grads, losses=losses)
 
 
+def finetuned(model_name: str, method: str, ratio: float, stats, calib_ids: torch.Tensor, eval_ids: torch.Tensor,
+              cfg: CalabiConfig) -> dict:
+    """`finetune_factors` on the model compressed by `method` at `ratio`, then its held-out
+    perplexity: {gradient_norms, losses, ppl} (cached)."""
+    def run():
+        model, _ = compressed(model_name, ratio, method, stats, cfg)
+        out = finetune_factors(model, calib_ids, cfg)
+        return dict(out, ppl=lm_eval.perplexity(model, eval_ids)[0])
+    key = dict(measure_key(model_name, cfg), method=method, ratio=float(ratio), ft_steps=cfg.ft_steps, ft_lr=cfg.ft_lr,
+               ft_batch=cfg.ft_batch)
+    return cached("finetune", key, run)
+
+
 def minilm_cosines(sentences: list[str], ratios=(0.2, 0.4), methods=("plain", "svdllm"), min_features: int = 64) -> pd.DataFrame:
-    """Mean cosine between MiniLM sentence embeddings before and after compressing its linears."""
+    """Mean cosine between MiniLM sentence embeddings before and after compressing its linears (cached)."""
+    key = dict(sentences=config_hash(sentences), ratios=list(ratios), methods=list(methods), min_features=min_features)
+    return pd.DataFrame(cached("minilm", key, lambda: _minilm_cosines(sentences, ratios, methods, min_features)))
+
+
+def _minilm_cosines(sentences: list[str], ratios, methods, min_features: int) -> list[dict]:
     enc = models.load_encoder(device="cpu")
     ref = enc.encode(sentences, convert_to_tensor=True)
     feats = enc.tokenize(sentences[:32])
@@ -108,4 +160,4 @@ def minilm_cosines(sentences: list[str], ratios=(0.2, 0.4), methods=("plain", "s
                               min_features=min_features)
             cos = torch.nn.functional.cosine_similarity(ref, enc_c.encode(sentences, convert_to_tensor=True)).mean().item()
             rows.append(dict(method=method, ratio=r, mean_cosine=cos))
-    return pd.DataFrame(rows)
+    return rows

@@ -148,3 +148,25 @@ def test_one_decomposition_per_layer_and_kind_serves_every_ratio(monkeypatch):
     assert reuse_calls == len(shared) == 6
     with pytest.raises(ValueError, match="needs its svdllm"):
         calabi.OptimizedCalabiYauLinear(ref_model[0], 0.5, "svdllm", stats["0"], decomposition=shared["0", "svd"])
+
+
+def test_the_grid_and_dense_reference_are_cached_across_runs(lab_home, monkeypatch):
+    """A rerun of notebook 11's grid reads every cell from $LLGBM_HOME/calabi: it measures nothing."""
+    from geomlib import calabi_lab, lm_eval
+    from llgbm.models import load_model
+    cfg = calabi_lab.CalabiConfig.preset("smoke", min_features=32)
+    dense, tok = load_model("tiny", device="cpu")
+    calib, evals = (lm_eval.pydoc_windows(tok, split, 4, cfg.window) for split in ("calib", "eval"))
+    stats = calabi.collect_calibration(dense, [{"input_ids": calib}])
+    params = calabi.OptimizedCYModelUtils.count_parameters(dense)
+    first = calabi_lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
+    ref = calabi_lab.dense_reference("tiny", dense, evals, cfg)
+    ft = calabi_lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg)
+    assert len(first) == 4 and first.ppl.notna().all() and len(ft["losses"]) == cfg.ft_steps
+    monkeypatch.setattr(lm_eval, "perplexity", lambda *a, **k: pytest.fail("a cached measurement was recomputed"))
+    again = calabi_lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
+    assert again.equals(first) and calabi_lab.dense_reference("tiny", dense, evals, cfg) == ref
+    assert calabi_lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg) == ft
+    other = calabi_lab.CalabiConfig.preset("smoke", min_features=32, eval_windows=2)
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):       # other windows: another key
+        calabi_lab.dense_reference("tiny", dense, evals[:2], other)
