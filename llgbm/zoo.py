@@ -48,6 +48,8 @@ class ZooConfig:
     save_every: int = 20              # resume-state interval (steps)
     eval_items: int = 50              # test items scored per checkpoint
     tasks: tuple[str, ...] | None = None   # None: every registered task
+    pack: int = 1                     # teachers trained together in one packed forward (llgbm.packing)
+    pack_len: int = 128               # tokens per packed row
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "ZooConfig":
@@ -94,10 +96,11 @@ def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return np.random.default_rng([seed, step]).choice(n, size=min(batch_size, n), replace=False)
 
 
-def _save_state(path: Path, model, opt, step: int, losses: list[float], tokens: list[int], seconds: float,
-                kept) -> None:
-    tensors = {f"lora/{k}": v for k, v in get_peft_model_state_dict(model).items()}
-    tensors.update(adam_state_tensors(opt, [p for p in model.parameters() if p.requires_grad]))
+def _save_state(path: Path, lora_state: dict, adam: dict, step: int, losses: list[float], tokens: list[int],
+                seconds: float, kept) -> None:
+    """A run's resume state: its LoRA tensors, AdamW state (peft's parameter order), kept checkpoints."""
+    tensors = {f"lora/{k}": v for k, v in lora_state.items()}
+    tensors.update(adam)
     for j, (s, sd) in enumerate(kept):
         tensors.update({f"kept/{j}/{k}": v for k, v in sd.items()})
     meta = dict(step=str(step), losses=json.dumps(losses), tokens=json.dumps(tokens), seconds=str(seconds),
@@ -106,16 +109,50 @@ def _save_state(path: Path, model, opt, step: int, losses: list[float], tokens: 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _load_state(path: Path, model, opt):
+def _read_state(path: Path) -> dict:
+    """A saved resume state: step, losses, tokens, seconds, kept checkpoints, LoRA tensors and the
+    raw tensors (for the optimizer state)."""
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    set_peft_model_state_dict(model, {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")})
-    load_adam_state(opt, [p for p in model.parameters() if p.requires_grad], tensors)
     kept = [(s, {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"kept/{j}/")})
             for j, s in enumerate(json.loads(meta["kept_steps"]))]
-    return int(meta["step"]), json.loads(meta["losses"]), json.loads(meta["tokens"]), float(meta["seconds"]), kept
+    return dict(step=int(meta["step"]), losses=json.loads(meta["losses"]), tokens=json.loads(meta["tokens"]),
+                seconds=float(meta["seconds"]), kept=kept, tensors=tensors,
+                lora={k[5:]: v for k, v in tensors.items() if k.startswith("lora/")})
+
+
+def _load_state(path: Path, model, opt):
+    st = _read_state(path)
+    set_peft_model_state_dict(model, st["lora"])
+    load_adam_state(opt, [p for p in model.parameters() if p.requires_grad], st["tensors"])
+    return st["step"], st["losses"], st["tokens"], st["seconds"], st["kept"]
+
+
+def _finish(model, tokenizer, task, task_name: str, seed: int, cfg: "ZooConfig", root: Path, kept, losses, tokens,
+            seconds: float, matmul_peak: float, rank: int) -> dict:
+    """Write a trained run's kept checkpoints (peft folders, scored on the task's test items) and its
+    run.json; drop the resume state. `model` is a peft model of the run's LoRA config."""
+    run_dir = root / task_name / f"seed{seed}"
+    model.eval()
+    checkpoints = []
+    for step, sd in kept:
+        set_peft_model_state_dict(model, sd)
+        folder = run_dir / f"step{step:04d}"
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+        scores = evaluate_task(model, tokenizer, task, n=cfg.eval_items)
+        checkpoints.append(dict(task=task_name, family=task.family, seed=seed, step=step,
+                                path=str(folder.relative_to(root)), hash=adapter_hash(folder), hash_version=HASH_VERSION,
+                                train_loss=float(np.mean(losses[max(0, step - 5):step])),
+                                test_acc=scores.acc, test_loglik=scores.loglik_mean))
+    record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
+                  train_target_tokens=tokens[1], matmul_peak_flops=matmul_peak, rank=rank,
+                  losses=losses, checkpoints=checkpoints, config=asdict(cfg))
+    atomic_write_json(run_dir / "run.json", record)
+    (run_dir / "state.safetensors").unlink(missing_ok=True)
+    return record
 
 
 def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConfig, root: Path,
@@ -179,29 +216,83 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
                 kept.append((step + 1, sd))
             done = step + 1
             if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
-                _save_state(state_path, model, opt, done, losses, tokens, seconds, kept)
+                _save_state(state_path, get_peft_model_state_dict(model), adam_state_tensors(opt, params), done, losses,
+                            tokens, seconds, kept)
             if stop_after is not None and done >= stop_after and done < cfg.steps:
                 return None
-        model.eval()
-        checkpoints = []
-        for step, sd in kept:
-            set_peft_model_state_dict(model, sd)
-            folder = run_dir / f"step{step:04d}"
-            with atomic_dir(folder) as tmp:
-                model.save_pretrained(tmp)
-            scores = evaluate_task(model, tokenizer, task, n=cfg.eval_items)
-            checkpoints.append(dict(task=task_name, family=task.family, seed=seed, step=step,
-                                    path=str(folder.relative_to(root)), hash=adapter_hash(folder), hash_version=HASH_VERSION,
-                                    train_loss=float(np.mean(losses[max(0, step - 5):step])),
-                                    test_acc=scores.acc, test_loglik=scores.loglik_mean))
-        record = dict(task=task_name, seed=seed, steps=cfg.steps, train_seconds=seconds, train_tokens=tokens[0],
-                      train_target_tokens=tokens[1], matmul_peak_flops=matmul_peak, rank=rank,
-                      losses=losses, checkpoints=checkpoints, config=asdict(cfg))
-        atomic_write_json(record_path, record)
-        state_path.unlink(missing_ok=True)
-        return record
+        return _finish(model, tokenizer, task, task_name, seed, cfg, root, kept, losses, tokens, seconds, matmul_peak, rank)
     finally:
         model.unload()  # strip the LoRA layers: the base model is shared across runs
+
+
+def train_packed(base_model, tokenizer, runs: list[tuple[str, int]], cfg: ZooConfig, root: Path,
+                 progress: bool = True, matmul_peak: float | None = None, rank: int = 0,
+                 stop_after: int | None = None) -> list[dict] | None:
+    """Train several unfinished (task, seed) runs together, packed (see llgbm.packing): the same
+    initial LoRA, batches, resume state, checkpoints and record as each solo run. The runs must stand
+    at the same step (all fresh, or resumed from one step); `stop_after` interrupts them as in
+    `train_teacher` (returns None). Each run's train_seconds is its share of the packed steps."""
+    from . import packing
+    done_already = [r for r in runs if (root / r[0] / f"seed{r[1]}" / "run.json").exists()]
+    if done_already:
+        raise ValueError(f"runs {done_already} are finished; pass only unfinished runs (zoo.missing_runs)")
+    matmul_peak = matmul_peak or measure_matmul_peak()
+    paths = [root / t / f"seed{s}" / "state.safetensors" for t, s in runs]
+    saved = [_read_state(p) if p.exists() else None for p in paths]
+    starts = sorted({st["step"] if st else 0 for st in saved})
+    if len(starts) != 1:
+        raise ValueError(f"packed runs must stand at one step; these stand at steps {starts}: train them in groups by step")
+    lcfg, device, k = cfg.lora_config(), next(base_model.parameters()).device, len(runs)
+    init = [st["lora"] if st else packing.initial_state(base_model, lcfg, t, s) for st, (t, s) in zip(saved, runs)]
+    teachers = packing.PackedTeachers(base_model, lcfg, init, cfg.lr)
+    for j, st in enumerate(saved):
+        if st:
+            load_adam_state(teachers.opt, teachers.teacher_params(j), st["tensors"])
+    losses = [st["losses"] if st else [] for st in saved]
+    tokens = [st["tokens"] if st else [0, 0] for st in saved]
+    seconds = [st["seconds"] if st else 0.0 for st in saved]
+    kept = [st["kept"] if st else [] for st in saved]
+    tasks_ = [get_task(t) for t, _ in runs]
+    encoded = [encode_pairs(tokenizer, task, task.train) for task in tasks_]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(starts[0], cfg.steps), desc=f"pack of {k}: {runs[0][0]}/seed{runs[0][1]}…", disable=not progress,
+               leave=False)
+    for step in bar:
+        t0 = time.perf_counter()
+        picks = [[enc[i] for i in _batch_indices(len(enc), cfg.batch_size, s, step)] for enc, (_, s) in zip(encoded, runs)]
+        batch = {key: v.to(device) for key, v in packing.pack(picks, cfg.pack_len, tokenizer.pad_token_id).items()}
+        step_losses = teachers.step(batch, warmup_lr(cfg.lr, step, cfg.warmup))
+        bad = [runs[j] for j in range(k) if not torch.isfinite(step_losses[j])]
+        if bad:
+            raise ValueError(f"teachers {bad} diverged at step {step}; refusing them: lower ZooConfig.lr (now {cfg.lr})")
+        share = (time.perf_counter() - t0) / k
+        done = step + 1
+        for j in range(k):
+            seconds[j] += share
+            tokens[j][0] += sum(len(a) + len(b) for a, b in picks[j])
+            tokens[j][1] += sum(len(b) for _, b in picks[j])
+            losses[j].append(step_losses[j].item())
+            if step >= cfg.steps - cfg.n_checkpoints:
+                sd = {key: v.detach().clone() for key, v in teachers.states[j].items()}
+                check_finite(sd, f"teacher {runs[j][0]}/seed{runs[j][1]} step {done}")
+                kept[j].append((done, sd))
+            if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
+                _save_state(paths[j], {key: v.detach() for key, v in teachers.states[j].items()},
+                            adam_state_tensors(teachers.opt, teachers.teacher_params(j)), done, losses[j], tokens[j],
+                            seconds[j], kept[j])
+        bar.set_postfix(loss=f"{float(step_losses.mean()):.3f}")
+        if stop_after is not None and done >= stop_after and done < cfg.steps:
+            return None
+    records = []
+    for j, ((task_name, seed), task) in enumerate(zip(runs, tasks_)):
+        model = get_peft_model(base_model, lcfg)
+        try:
+            records.append(_finish(model, tokenizer, task, task_name, seed, cfg, root, kept[j], losses[j], tokens[j],
+                                   seconds[j], matmul_peak, rank))
+        finally:
+            model.unload()
+    return records
 
 
 def write_manifest(root: Path) -> list[dict]:
@@ -256,16 +347,34 @@ def build_zoo(base_model, tokenizer, cfg: ZooConfig, root: Path, progress: bool 
     """Train every (task, seed) run not yet finished (with `world_size` > 1: this process's share of
     them, see zoo_runs); return the records of those runs. One process also rebuilds the manifest
     after each run; across processes build_zoo_across does it once every rank is done."""
-    records, peak = [], None
-    for task_name, seed in tqdm(zoo_runs(cfg, rank, world_size), desc=f"zoo (rank {rank}/{world_size})" if world_size > 1
-                                else "zoo", disable=not progress):
-        if peak is None and not (root / task_name / f"seed{seed}" / "run.json").exists():
-            peak = measure_matmul_peak()   # once, right before this process trains anything
-        records.append(train_teacher(base_model, tokenizer, task_name, seed, cfg, root, progress=progress,
-                                     matmul_peak=peak, rank=rank))
+    records, peak = {}, None
+    mine = zoo_runs(cfg, rank, world_size)
+    todo = [r for r in mine if not (root / r[0] / f"seed{r[1]}" / "run.json").exists()]
+    if cfg.pack > 1:       # packs of runs standing at one step (fresh ones, or resumed from the same step)
+        step_of = lambda r: _read_state(p)["step"] if (p := root / r[0] / f"seed{r[1]}" / "state.safetensors").exists() else 0  # noqa: E731
+        by_step: dict[int, list] = {}
+        for r in todo:
+            by_step.setdefault(step_of(r), []).append(r)
+        groups = [g[i:i + cfg.pack] for g in by_step.values() for i in range(0, len(g), cfg.pack)]
+    else:
+        groups = [[r] for r in todo]
+    desc = f"zoo (rank {rank}/{world_size})" if world_size > 1 else "zoo"
+    for group in tqdm(groups, desc=desc + (f", packs of {cfg.pack}" if cfg.pack > 1 else ""), disable=not progress):
+        peak = peak or measure_matmul_peak()   # once, right before this process trains anything
+        if len(group) > 1:
+            for rec in train_packed(base_model, tokenizer, group, cfg, root, progress=progress, matmul_peak=peak, rank=rank):
+                records[rec["task"], rec["seed"]] = rec
+        else:
+            records[group[0]] = train_teacher(base_model, tokenizer, *group[0], cfg, root, progress=progress,
+                                              matmul_peak=peak, rank=rank)
         if world_size == 1:
             write_manifest(root)
-    return records
+    for t, s in mine:          # finished before: read back
+        if (t, s) not in records:
+            records[t, s] = train_teacher(base_model, tokenizer, t, s, cfg, root, progress=False)
+    if world_size == 1:
+        write_manifest(root)
+    return [records[r] for r in mine]
 
 
 def build_zoo_across(base_model, tokenizer, cfg: ZooConfig, root: Path, state, progress: bool = True) -> list[dict]:

@@ -288,3 +288,55 @@ def test_missing_runs_extends_the_profiles_zoo_but_never_a_foreign_one(tiny, lab
     zoo.train_teacher(model, tok, "add_1", 0, cfg, root, progress=False)
     assert zoo.missing_runs(cfg, root) == [r for r in zoo.zoo_runs(cfg) if r != ("add_1", 0)]
     assert zoo.missing_runs(zoo.ZooConfig.preset("smoke", steps=3), root) == []   # trained under another config
+
+
+def test_packing_lays_examples_end_to_end_with_restarting_positions():
+    from llgbm import packing
+    ex = [[([1, 2], [3]), ([4], [5, 6])], [([7, 8, 9], [10])]]
+    b = packing.pack(ex, row_len=6, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 0, 1]]
+    assert b["target_mask"].int().tolist() == [[0, 0, 1, 0, 1, 1], [0, 0, 0, 1, 0, 0]]
+    assert b["owner"].tolist() == [0] * 6 + [1] * 6 and packing.spans(b["owner"], 2) == [(0, 6), (6, 12)]
+    assert packing.pack([[([1] * 9, [2])]], row_len=4, pad_id=0)["input_ids"].shape == (1, 10)   # a long example: a long row
+
+
+def test_packed_logprobs_equal_padded_ones(tiny):
+    """The packed-sequence mask keeps examples apart: each example's answer log-probs match the
+    right-padded batch's."""
+    from llgbm import evaluation, packing
+    model, tok = tiny
+    task = tasks.get_task("add_1")
+    enc = evaluation.encode_pairs(tok, task, task.train[:6])
+    with torch.no_grad():
+        padded = evaluation.target_logprobs(model, evaluation.build_batch(enc, tok.pad_token_id))
+        batch = packing.pack([enc[:3], enc[3:]], row_len=48, pad_id=tok.pad_token_id)
+        losses = packing.packed_losses(model, batch, 2)
+    parts = torch.split(padded, [len(t) for _, t in enc])
+    solo = torch.stack([-torch.cat(parts[:3]).mean(), -torch.cat(parts[3:]).mean()])    # each teacher's mean answer NLL
+    assert batch["input_ids"].shape[0] < 6                                              # fewer rows than examples
+    torch.testing.assert_close(losses, solo, atol=1e-5, rtol=1e-5)
+
+
+def test_teachers_trained_in_a_pack_match_their_solo_runs(tiny, lab_home):
+    """Four teachers in one packed forward end as they do alone: the same loss curves and weights
+    within float tolerance, the same checkpoint steps and test scores; an interrupted pack resumes."""
+    model, tok = tiny
+    solo_cfg = zoo.ZooConfig.preset("smoke", lr=1e-2, eval_items=4)
+    solo = zoo.build_zoo(model, tok, solo_cfg, lab_home / "solo", progress=False)
+    packed_cfg = zoo.ZooConfig.preset("smoke", lr=1e-2, eval_items=4, pack=4, pack_len=64)
+    assert packed_cfg.training_key() == solo_cfg.training_key()          # packing is how, not what
+    runs = zoo.zoo_runs(packed_cfg)
+    assert zoo.train_packed(model, tok, runs, packed_cfg, lab_home / "packed", progress=False, stop_after=3) is None
+    packed = zoo.build_zoo(model, tok, packed_cfg, lab_home / "packed", progress=False)   # resumes the pack
+    assert not any("lora" in n for n, _ in model.named_modules())
+    for a, b in zip(solo, packed):
+        assert (a["task"], a["seed"]) == (b["task"], b["seed"]) and a["train_tokens"] == b["train_tokens"]
+        assert b["losses"] == pytest.approx(a["losses"], rel=1e-4, abs=1e-5)
+        assert [c["step"] for c in a["checkpoints"]] == [c["step"] for c in b["checkpoints"]]
+        for ca, cb in zip(a["checkpoints"], b["checkpoints"]):
+            assert ca["test_acc"] == cb["test_acc"] and ca["test_loglik"] == pytest.approx(cb["test_loglik"], abs=1e-4)
+            wa, wb = (load_file(str(root / c["path"] / "adapter_model.safetensors"))
+                      for root, c in ((lab_home / "solo", ca), (lab_home / "packed", cb)))
+            assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4, rtol=1e-3) for k in wa)   # Adam amplifies float noise
+    assert len(zoo.write_manifest(lab_home / "packed")) == len(zoo.write_manifest(lab_home / "solo"))
