@@ -65,11 +65,11 @@ class ZooStep:
     def __init__(self, model, tokenizer, zoo_cfg, task):
         from peft import get_peft_model
         from .evaluation import build_batch, encode_pairs
-        from .zoo import _batch_indices
+        from .zoo import batch_indices
         self.model = get_peft_model(model, zoo_cfg.lora_config())
         self.model.train()
         encoded = encode_pairs(tokenizer, task, task.train)
-        picks = _batch_indices(len(encoded), zoo_cfg.batch_size, 0, 0)
+        picks = batch_indices(len(encoded), zoo_cfg.batch_size, 0, 0)
         self.batch = build_batch([encoded[i] for i in picks], tokenizer.pad_token_id, next(model.parameters()).device)
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=zoo_cfg.lr)
 
@@ -95,6 +95,23 @@ def zoo_step(model, tokenizer, zoo_cfg, task, repeats: int) -> HotPath:
                        note=f"peft LoRA r={zoo_cfg.rank}, fwd+bwd+AdamW, {task.name}")
     finally:
         step.close()
+
+
+def packed_zoo_step(model, tokenizer, zoo_cfg, task_list, repeats: int, pack_len: int | None = None) -> HotPath:
+    """One step of len(task_list) teachers trained together, packed (`zoo.train_packed`'s step)."""
+    from . import packing
+    from .evaluation import encode_pairs
+    from .zoo import batch_indices
+    lcfg, pack_len = zoo_cfg.lora_config(), pack_len or zoo_cfg.pack_len
+    teachers = packing.PackedTeachers(model, lcfg, [packing.initial_state(model, lcfg, t.name, 0) for t in task_list],
+                                      zoo_cfg.lr)
+    encoded = [encode_pairs(tokenizer, t, t.train) for t in task_list]
+    picks = [[enc[i] for i in batch_indices(len(enc), zoo_cfg.batch_size, 0, 0)] for enc in encoded]
+    batch = packing.pack(picks, pack_len, tokenizer.pad_token_id)
+    real = sum(len(a) + len(b) for ex in picks for a, b in ex)
+    return measure(f"zoo training step, {len(task_list)} teachers packed (batch {zoo_cfg.batch_size} each, rows of "
+                   f"{batch['input_ids'].shape[1]})", lambda: teachers.step(batch, zoo_cfg.lr), repeats,
+                   batch["input_ids"].numel(), real, note=f"{batch['input_ids'].shape[0]} rows, one AdamW")
 
 
 def evaluation_paths(model, tokenizer, task, n: int, repeats: int) -> list[HotPath]:
@@ -256,6 +273,8 @@ def hot_paths(lab, repeats: int = 3, eval_items: int = 32) -> list[HotPath]:
     from .tasks import get_task
     task = get_task(lab.heldout[0])
     paths = [zoo_step(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]), repeats)]
+    paths += [packed_zoo_step(lab.model, lab.tokenizer, lab.zoo_cfg, [get_task(t) for t in lab.training_tasks[:k]], repeats,
+                              pack_len) for k, pack_len in ((1, 128), (4, 128), (4, 256))]
     paths += evaluation_paths(lab.model, lab.tokenizer, task, eval_items, repeats)
     paths += adapter_evaluation(lab, task, eval_items, repeats)
     paths += generator_steps(lab, steps=repeats)

@@ -67,7 +67,7 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
-    for path in ("zoo training step", "gold log-lik forward", "greedy decoding", "perplexity forward", "shared forwards",
+    for path in ("zoo training step", "teachers packed", "gold log-lik forward", "greedy decoding", "perplexity forward", "shared forwards",
                  *(f"generator step, {o}" for o in hotpaths.OBJECTIVES), "FunctionalLoRA hooks", "adapters in one hooked"):
         assert path in text, path
     result = json.loads(out.with_suffix(".json").read_text())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llgbm import bench, lora, tasks, zoo
+from llgbm import bench, lora, tasks, teacher, zoo
 
 CFG = zoo.ZooConfig.preset("smoke", steps=6, save_every=2, n_checkpoints=2, eval_items=4)
 
@@ -45,8 +45,8 @@ def test_resume_reproduces_the_uninterrupted_run_without_repeating_steps(tiny, l
     assert zoo.train_teacher(model, tok, "add_1", 0, CFG, lab_home / "b", stop_after=3, progress=False) is None
     assert (lab_home / "b" / "add_1" / "seed0" / "state.safetensors").exists()
     calls = []
-    real = zoo.target_logprobs
-    monkeypatch.setattr(zoo, "target_logprobs", lambda *a: calls.append(1) or real(*a))
+    real = teacher.target_logprobs
+    monkeypatch.setattr(teacher, "target_logprobs", lambda *a: calls.append(1) or real(*a))
     resumed = zoo.train_teacher(model, tok, "add_1", 0, CFG, lab_home / "b", progress=False)
     assert len(calls) == CFG.steps - 3                      # only the missing steps ran
     assert resumed["losses"] == pytest.approx(ref["losses"], rel=1e-4)

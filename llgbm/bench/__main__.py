@@ -1,0 +1,70 @@
+"""`python -m llgbm.bench --profile quick`: the hot paths (llgbm.hotpaths) measured in one run,
+written to reports/<profile>/bench.md and bench.json."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import hotpaths
+from ..experiment import GeneratorLab
+from ..report import reports_root
+from ..tasks import get_task
+from ..utils import atomic_write_bytes, atomic_write_json
+from . import measure_matmul_peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llgbm.bench --profile quick`: every hot path's time, FLOP/s and fraction of the fp32
+    matmul peak measured in the same run, the operator profile of a zoo step, and where the last
+    suite run spent its minutes; written to reports/<profile>/bench.md (and bench.json)."""
+    p = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
+    p.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+    p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per hot path (the median is reported)")
+    p.add_argument("--out", default=None, help="markdown file (default: reports/<profile>/bench.md)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be ≥ 1, got {args.repeats}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        lab = GeneratorLab.load(args.profile, args.model)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{e}\n(the bench times the generator on the profile's zoo: build it with "
+                         f"`python -m llgbm.zoo --profile {args.profile}` first)") from None
+    threads = torch.get_num_threads()
+    peak = measure_matmul_peak()
+    paths = hotpaths.hot_paths(lab, args.repeats)
+    peak = max(peak, measure_matmul_peak())       # the peak before and after: the better one
+    ops, kinds = hotpaths.op_profile(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]))
+    notebooks, cells = hotpaths.suite_breakdown(args.profile)
+    out = Path(args.out) if args.out else reports_root() / args.profile / "bench.md"
+    table = pd.DataFrame([p.row(peak) for p in paths]).set_index("hot path")
+    text = "\n\n".join([
+        f"# Hot paths ({args.profile}, {lab.model_name}, {threads} threads)",
+        f"fp32 matmul peak measured in this run: **{peak / 1e9:.0f} GFLOP/s** (best of 2048² matmuls, before and "
+        f"after the paths). FLOPs are counted by torch's FlopCounterMode (matmuls and attention, padding included); "
+        f"\"useful\" keeps only the real tokens' share. Median of {args.repeats} calls. Written by "
+        f"`python -m llgbm.bench --profile {args.profile}`.",
+        table.to_markdown(floatfmt=".3g"),
+        "## Where a zoo training step spends its time (torch.profiler, self CPU time per step)",
+        kinds.to_markdown(floatfmt=".3g"), ops.to_markdown(floatfmt=".3g"),
+        f"## Where the last {args.profile} suite run spent its minutes",
+        "Each notebook's last recorded wall time (reports/<profile>/timings.json; `start` is the cache state it "
+        "started from), then the slowest cells of the executed notebooks (papermill's cell durations).",
+        notebooks.to_markdown(floatfmt=".3g") if len(notebooks) else "(no suite run recorded)",
+        cells.to_markdown(floatfmt=".3g") if len(cells) else "(no executed notebooks)",
+    ]) + "\n"
+    atomic_write_bytes(out, text.encode())
+    atomic_write_json(out.with_suffix(".json"), dict(profile=args.profile, model=lab.model_name, threads=threads,
+                                                     **hotpaths.as_json(paths, peak)))
+    print(text)
+    print(f"[llgbm.bench] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
