@@ -134,3 +134,14 @@ def verdict(T: pd.DataFrame, tests: pd.DataFrame, cost: pd.DataFrame, best: str,
             f"above 0, and beating the multi-task LoRA in a paired test): **{'met' if target else 'missed'}**. The labeled-example generator "
             f"against few-shot prompting: {evidence(d_icl)}, with a prompt of {cost.iloc[1]['prompt tokens per item']:.0f} tokens instead of "
             f"{cost.iloc[0]['prompt tokens per item']:.0f} (stretch goal {'met' if stretch else 'missed'}).")
+
+
+def cost_note(generator_seconds: float, multitask_lora_seconds: float, budget_seconds: float) -> str:
+    """What a cold run of the notebook costs in training alone (the runs' own recorded seconds, cached
+    or not), against the notebook's cold budget."""
+    train = generator_seconds + multitask_lora_seconds
+    verdict = ("within it" if train <= budget_seconds
+               else f"**over it by {(train - budget_seconds) / 60:.0f} min** before any scoring")
+    return (f"Cold cost: the generator runs trained for {generator_seconds / 60:.0f} min and the multi-task LoRA for "
+            f"{multitask_lora_seconds / 60:.0f} min on this machine (their recorded training time); against the "
+            f"notebook's cold budget of {budget_seconds / 60:.0f} min that is {verdict}.")

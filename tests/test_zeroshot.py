@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from llgbm import baselines, generate, outputs, tasks, training, zeroshot
+from llgbm import baselines, generate, outputs, tasks, training, zeroshot, zeroshot_ledger
 from llgbm.dataset import GeneratorData, condition_texts
 from llgbm.experiment import GeneratorLab
 from llgbm.generator import HyperConvGenerator
@@ -201,6 +201,12 @@ def test_balanced_subsets_and_config_errors():
         zeroshot.ZeroShotConfig.preset("quick", lm_curve=(20, 40)).curve("kd")
     with pytest.raises(ValueError, match="unknown ZeroShotConfig field"):
         zeroshot.ZeroShotConfig.preset("quick", lm_stepz=3)
+
+
+def test_cost_note_states_the_budget_verdict():
+    over = zeroshot_ledger.cost_note(50 * 60, 10 * 60, 20 * 60)
+    assert "50 min" in over and "10 min" in over and "over it by 40 min" in over
+    assert "within it" in zeroshot_ledger.cost_note(5 * 60, 5 * 60, 20 * 60)
 
 
 # ------------------------------------------------------------------ a user's own task
