@@ -21,7 +21,7 @@ from .lora import adapter_hash
 from .tasks import get_task
 from .teacher import (HASH_VERSION, QUICK_TASKS, ZooConfig, batch_indices, saved_step, train_packed,  # noqa: F401
                       train_teacher)
-from .utils import atomic_write_json, llgbm_home
+from .utils import atomic_write_json, hash_bytes, llgbm_home
 
 def zoo_dir(profile: str, model_name: str, cfg: ZooConfig | None = None) -> Path:
     """Where a profile's zoo lives; the folder name carries the training config's hash, so teachers
@@ -125,17 +125,41 @@ def build_zoo_across(base_model, tokenizer, cfg: ZooConfig, root: Path, state, p
     return [json.loads((root / t / f"seed{s}" / "run.json").read_text()) for t, s in zoo_runs(cfg)]
 
 
-def teachers_vs_base(model, tokenizer, cfg: ZooConfig, manifest: list[dict], progress: bool = True):
+def base_scores(model, tokenizer, names: list[str], n: int, cache: Path | None = None,
+                progress: bool = True) -> dict[str, dict[str, float]]:
+    """{task: {acc, loglik}} of the base model on each task's first `n` test items. With `cache` (a
+    JSON file inside the zoo folder, whose name carries the base model), each task's scores are kept
+    under a hash of the exact texts scored, so a rerun evaluates nothing and an edited task is
+    re-scored; the file is rewritten atomically after every task."""
+    saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    out = {}
+    for name in tqdm(names, desc="base eval", disable=not progress):
+        task = get_task(name)
+        texts = [[task.prompt(x), task.target(y)] for x, y in task.test[:n]]
+        key = f"{name}-{hash_bytes(json.dumps(texts).encode())[:16]}"
+        if key not in saved:
+            scores = evaluate_task(model, tokenizer, task, n=n)
+            saved[key] = dict(acc=float(scores.acc), loglik=float(scores.loglik_mean))
+            if cache is not None:
+                atomic_write_json(cache, saved)
+        out[name] = saved[key]
+    return out
+
+
+def teachers_vs_base(model, tokenizer, cfg: ZooConfig, manifest: list[dict], progress: bool = True,
+                     root: Path | None = None):
     """Per task: the base model's and the final teachers' (mean over seeds) exact match and gold
-    log-likelihood on the same first `cfg.eval_items` test items, and the gain in exact match."""
-    base = {n: evaluate_task(model, tokenizer, get_task(n), n=cfg.eval_items)
-            for n in tqdm(cfg.task_names(), desc="base eval", disable=not progress)}
+    log-likelihood on the same first `cfg.eval_items` test items, and the gain in exact match. The
+    teachers' scores come from their run records; the base model's are cached in the zoo folder
+    `root` when it is given (see `base_scores`)."""
+    base = base_scores(model, tokenizer, cfg.task_names(), cfg.eval_items,
+                       None if root is None else Path(root) / f"base_scores_{cfg.eval_items}.json", progress)
     last = {}
     for r in sorted(manifest, key=lambda r: r["step"]):
         last[r["task"], r["seed"]] = r
     final = pd.DataFrame(last.values()).groupby("task")[["test_acc", "test_loglik"]].mean()
-    table = pd.DataFrame.from_dict({n: dict(family=get_task(n).family, heldout=get_task(n).heldout, base_acc=base[n].acc,
-                                            teacher_acc=final.test_acc.get(n, math.nan), base_loglik=base[n].loglik_mean,
+    table = pd.DataFrame.from_dict({n: dict(family=get_task(n).family, heldout=get_task(n).heldout, base_acc=base[n]["acc"],
+                                            teacher_acc=final.test_acc.get(n, math.nan), base_loglik=base[n]["loglik"],
                                             teacher_loglik=final.test_loglik.get(n, math.nan)) for n in cfg.task_names()},
                                    orient="index")
     table["gain_acc"] = table.teacher_acc - table.base_acc

@@ -340,3 +340,21 @@ def test_teachers_trained_in_a_pack_match_their_solo_runs(tiny, lab_home):
                       for root, c in ((lab_home / "solo", ca), (lab_home / "packed", cb)))
             assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4, rtol=1e-3) for k in wa)   # Adam amplifies float noise
     assert len(zoo.write_manifest(lab_home / "packed")) == len(zoo.write_manifest(lab_home / "solo"))
+
+
+def test_base_scores_are_cached_per_task_and_rescored_when_the_task_changes(tiny, lab_home, monkeypatch):
+    model, tok = tiny
+    pairs = [(str(n), str(n + 7)) for n in range(100)]
+    tasks.register_task("base_cache_probe", "Add seven.", pairs, overwrite=True)
+    calls, real = [], zoo.evaluate_task
+    monkeypatch.setattr(zoo, "evaluate_task", lambda m, t, task, n: calls.append(task.name) or real(m, t, task, n=n))
+    cache = lab_home / "base_scores.json"
+    first = zoo.base_scores(model, tok, ["add_1", "base_cache_probe"], 4, cache, progress=False)
+    assert calls == ["add_1", "base_cache_probe"] and set(first) == {"add_1", "base_cache_probe"}
+    assert zoo.base_scores(model, tok, ["add_1", "base_cache_probe"], 4, cache, progress=False) == first
+    assert len(calls) == 2                                # the rerun evaluated nothing
+    zoo.base_scores(model, tok, ["add_1"], 5, cache, progress=False)
+    assert len(calls) == 3                                # other items: scored again
+    tasks.register_task("base_cache_probe", "Add seven to the number.", pairs, overwrite=True)
+    zoo.base_scores(model, tok, ["base_cache_probe"], 4, cache, progress=False)
+    assert calls[-1] == "base_cache_probe" and len(calls) == 4   # an edited task is re-scored, not read back
