@@ -151,12 +151,22 @@ def baseline_scores(lab, shots: int = 4, progress: bool = True) -> dict[str, dic
     return out
 
 
-def inference_cost(lab, shots: int = 4, items: int = 32) -> pd.DataFrame:
+COST_ROWS = {"few-shot prompting": True, "generated adapter (merged)": False}   # label: with the demonstrations
+COST_COLUMNS = ["prompt tokens per item", "items/s", "prompt tokens/s", "timed"]
+
+
+def inference_cost(lab, shots: int = 4, items: int = 32, refresh: bool = False) -> pd.DataFrame:
     """Per method, per test item: prompt tokens and seconds of scoring (greedy answer + log-lik) on
-    the first `items` items of each held-out task, timed now. A generated adapter merged into
-    the weights costs what the base model costs, so the short prompt is timed on the base model."""
+    the first `items` items of each held-out task. A generated adapter merged into the weights costs
+    what the base model costs, so the short prompt is timed on the base model. Timed once on this
+    machine and cached under LLGBM_HOME/generators (the row says when); `refresh` times it again."""
+    tag = hash_bytes(f"cost|{lab.root.name}|{'_'.join(lab.heldout)}|{items}|{shots}".encode())[:16]
+    path = llgbm_home() / "generators" / f"inference-cost-{tag}.json"
+    if path.exists() and not refresh:
+        return pd.DataFrame.from_dict(json.loads(path.read_text()), orient="index").loc[list(COST_ROWS), COST_COLUMNS]
     rows = {}
-    for label, k in (("few-shot prompting", shots), ("generated adapter (merged)", 0)):
+    for label, with_shots in COST_ROWS.items():
+        k = shots if with_shots else 0
         tokens, seconds, count = [], 0.0, 0
         for t in lab.heldout:
             task = get_task(t)
@@ -167,5 +177,7 @@ def inference_cost(lab, shots: int = 4, items: int = 32) -> pd.DataFrame:
             seconds += time.perf_counter() - t0
             count += len(task.test[:items])
         rows[label] = {"prompt tokens per item": float(np.mean(tokens)), "items/s": count / seconds,
-                       "prompt tokens/s": float(np.mean(tokens)) * count / seconds}
-    return pd.DataFrame(rows).T
+                       "prompt tokens/s": float(np.mean(tokens)) * count / seconds,
+                       "timed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    atomic_write_json(path, rows)
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -20,15 +20,21 @@ from .tokenizer import LoRATokenizer2D
 from .utils import atomic_write_json, hash_bytes
 
 
-@torch.no_grad()
-def generate_tokens(gen: HyperConvGenerator, encoder, prompts: list[str]) -> torch.Tensor:
-    """Prompts -> generated DnD tokens (n_tokens, r + 2, chunk), conditioned on the first n_prompts."""
+def generation_condition(encoder, prompts: list[str], n_prompts: int, prompt_tokens: int) -> torch.Tensor:
+    """The generator's input for one task: its first `n_prompts` prompts encoded by MiniLM,
+    (n_prompts, prompt_tokens, 384); too few prompts are repeated (DnD conditions on a fixed count)."""
     if not prompts:
         raise ValueError("no prompts to condition the generator on: pass at least one prompt")
-    gcfg = gen.cfg
-    encoded = encode_prompts(encoder, prompts[: gcfg.n_prompts], gcfg.prompt_tokens)
-    if len(encoded) < gcfg.n_prompts:   # too few prompts: repeat them (DnD conditions on a fixed count)
-        encoded = encoded[torch.arange(gcfg.n_prompts) % len(encoded)]
+    encoded = encode_prompts(encoder, prompts[:n_prompts], prompt_tokens)
+    return encoded[torch.arange(n_prompts) % len(encoded)] if len(encoded) < n_prompts else encoded
+
+
+@torch.no_grad()
+def generate_tokens(gen: HyperConvGenerator, encoder, prompts: list[str], encoded: torch.Tensor | None = None) -> torch.Tensor:
+    """Prompts -> generated DnD tokens (n_tokens, r + 2, chunk), conditioned on the first n_prompts
+    (`encoded`: their `generation_condition`, when it is already computed)."""
+    if encoded is None:
+        encoded = generation_condition(encoder, prompts, gen.cfg.n_prompts, gen.cfg.prompt_tokens)
     return gen.eval()(encoded[None])[0]
 
 
@@ -69,6 +75,12 @@ def _eval_cache(result, texts: dict[str, list[str]], task_names: list[str], n_it
     return result.run_dir / f"eval_{key}.json" if result.run_dir is not None else None
 
 
+def _delta_cache(eval_cache: Path | None, supervision) -> Path | None:
+    if eval_cache is None or supervision is None:
+        return None
+    return eval_cache.with_name(f"delta_{eval_cache.stem.removeprefix('eval_')}_{supervision.key}.json")
+
+
 def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D, lora_config,
                   task_names: list[str], n_items: int, supervision=None,
                   teacher_deltas: dict[str, np.ndarray] | None = None, progress: bool = True,
@@ -76,17 +88,30 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
     """`evaluate` for several generator runs (seeds, checkpoints along a run) on the same items: the
     runs not yet scored are scored together, their adapters in shared forwards
     (`evaluation.evaluate_adapters`); each run's scores are cached in its own folder as `evaluate`
-    caches them, so a run scored alone or with others reads the same cache."""
+    caches them, so a run scored alone or with others reads the same cache. The generated Δ is cached
+    beside them (keyed by the supervision's probes and base activation) and its cosines with the
+    teacher deltas recomputed; a run with everything cached runs neither MiniLM nor the generator."""
     condition = condition or (lambda task: task.prompts("train"))
     texts = {name: condition(get_task(name)) for name in task_names}
+    with_delta = supervision is not None and teacher_deltas is not None
     caches = [_eval_cache(r, texts, task_names, n_items, loglik_only) for r in results]
-    saved = [{t: {k: np.asarray(v, dtype=float) for k, v in d.items()} for t, d in json.loads(c.read_text()).items()}
-             if c is not None and c.exists() else None for c in caches]
+    delta_caches = [_delta_cache(c, supervision) if with_delta else None for c in caches]
+    saved = [_read(c, float) for c in caches]
+    deltas = [_read(c, np.float32) if with_delta else None for c in delta_caches]
     todo = [i for i, s in enumerate(saved) if s is None]
+    need_tokens = [i for i in range(len(results)) if saved[i] is None or (with_delta and deltas[i] is None)]
     outs: list[dict] = [{} for _ in results]
+    new_deltas: dict[int, dict] = {i: {} for i in range(len(results)) if with_delta and deltas[i] is None}
+    encoded: dict[tuple, torch.Tensor] = {}
     for name in tqdm(task_names, desc="evaluate", disable=not progress, leave=False):
         task = get_task(name)
-        tokens = [generate_tokens(r.generator, encoder, texts[name]) for r in results]
+        tokens = {}
+        for i in need_tokens:
+            g = results[i].generator.cfg
+            key = (name, g.n_prompts, g.prompt_tokens)
+            if key not in encoded:      # MiniLM once per task, whatever the number of runs
+                encoded[key] = generation_condition(encoder, texts[name], g.n_prompts, g.prompt_tokens)
+            tokens[i] = generate_tokens(results[i].generator, encoder, texts[name], encoded[key])
         if todo:
             scores = evaluate_adapters(model, tokenizer, task, [lora_tokenizer.detokenize(tokens[i]) for i in todo],
                                        n=n_items, lora_config=lora_config, loglik_only=loglik_only)
@@ -95,12 +120,26 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
         for i, s in enumerate(saved):
             if s is not None:
                 outs[i][name] = dict(s[name])
-            if supervision is not None and teacher_deltas is not None:
-                with torch.no_grad():
-                    d = supervision(tokens[i][None])[0].numpy()
+            if with_delta:
+                if i in new_deltas:
+                    with torch.no_grad():
+                        new_deltas[i][name] = supervision(tokens[i][None])[0].numpy()
+                d = new_deltas[i][name] if i in new_deltas else deltas[i][name]
                 outs[i][name]["delta"], outs[i][name]["delta_cos"] = d, cosine(d, teacher_deltas[name])
     for i in todo:
         if caches[i] is not None:
             atomic_write_json(caches[i], {t: {k: [None if np.isnan(x) else x for x in np.asarray(d[k], dtype=float).tolist()]
                                               for k in ("correct", "loglik")} for t, d in outs[i].items()})
+    for i, d in new_deltas.items():
+        if delta_caches[i] is not None:
+            atomic_write_json(delta_caches[i], {t: np.asarray(v, dtype=float).tolist() for t, v in d.items()})
     return outs
+
+
+def _read(path: Path | None, dtype) -> dict | None:
+    """A cached {task: {key: values}} (scores) or {task: values} (deltas), or None."""
+    if path is None or not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return {t: ({k: np.asarray(v, dtype=dtype) for k, v in d.items()} if isinstance(d, dict) else np.asarray(d, dtype=dtype))
+            for t, d in saved.items()}

@@ -15,6 +15,7 @@ from .delta import compute_base_activation, probe_hash
 from .functional import FunctionalLoRA, compute_delta_differentiable, tokenize_probes
 from .generator import weight_loss
 from .tokenizer import LoRATokenizer2D
+from .utils import hash_bytes
 
 
 class DeltaSupervision:
@@ -33,6 +34,9 @@ class DeltaSupervision:
             base_activation = compute_base_activation(model, tokenizer, probes)
         self.base = torch.as_tensor(base_activation, dtype=torch.float32)
         self.lora_tokenizer = lora_tokenizer
+        # What a generated Δ depends on besides the tokens: the probes and the base model (through its
+        # activation on them). Cached deltas are filed under it.
+        self.key = hash_bytes(self.probe_hash.encode(), self.base.numpy().tobytes())[:12]
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Generated tokens (B, T, R, C) -> Δ (B, hidden)."""

@@ -137,6 +137,32 @@ def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch,
     assert not np.allclose(together[1]["add_3"]["loglik"], together[2]["add_3"]["loglik"])
 
 
+def test_evaluate_caches_the_generated_delta_and_skips_minilm_when_all_is_cached(setup, tiny, monkeypatch, tmp_path):
+    from llgbm import generation
+    data, sup = setup
+    model, tok = tiny
+    res = training.train(data, GCFG, training.TrainingConfig.preset("smoke", "weight", steps=2), 0, sup,
+                         run_dir=tmp_path / "run", progress=False)
+    enc, lcfg = models.load_encoder(), ZooConfig.preset("smoke").lora_config()
+    teacher = {"add_3": np.random.default_rng(0).normal(size=(2, model.config.hidden_size)).astype(np.float32)}
+    args = (enc, model, tok, data.lora_tokenizer, lcfg, ["add_3"], 3, sup, teacher)
+    first = generation.evaluate_many([res], *args, progress=False)[0]["add_3"]
+    assert len(list((tmp_path / "run").glob("delta_*.json"))) == 1
+    tokens = generation.generate_tokens(res.generator, enc, tasks.get_task("add_3").prompts())
+    np.testing.assert_allclose(first["delta"], sup(tokens[None])[0].numpy(), atol=1e-6)   # the Δ of the generated adapter
+    counts = {"minilm": 0, "delta": 0}
+    real_encode, real_call = generation.encode_prompts, type(sup).__call__
+    monkeypatch.setattr(generation, "encode_prompts", lambda *a, **k: counts.__setitem__("minilm", counts["minilm"] + 1) or real_encode(*a, **k))
+    monkeypatch.setattr(type(sup), "__call__", lambda self, t: counts.__setitem__("delta", counts["delta"] + 1) or real_call(self, t))
+    again = generation.evaluate_many([res], *args, progress=False)[0]["add_3"]
+    assert counts == {"minilm": 0, "delta": 0}                        # scores and Δ read back, nothing run
+    np.testing.assert_array_equal(again["delta"], first["delta"])
+    np.testing.assert_array_equal(again["delta_cos"], first["delta_cos"])
+    monkeypatch.setattr(sup, "key", "other-probes")                   # other probes or base model: Δ recomputed
+    generation.evaluate_many([res], *args, progress=False)
+    assert counts == {"minilm": 1, "delta": 1}
+
+
 def test_run_folders_are_keyed_by_what_changes_training(setup):
     data, sup = setup
     w = training.TrainingConfig.preset("smoke", "weight")

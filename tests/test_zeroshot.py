@@ -3,6 +3,7 @@ baselines, the labeled condition, and `llgbm.generate` for a user's own task."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,6 +188,19 @@ def test_labeled_condition_carries_the_answers_and_tiles_the_shots(lab):
     assert cond.shape[0] == lab.gcfg.n_prompts and torch.equal(cond[0], cond[2]) and not torch.equal(cond[0], cond[1])
     with pytest.raises(ValueError, match="shots"):
         GeneratorData(lab.dataset, lab.encoder, lab.gcfg, labeled=True, shots=lab.gcfg.n_prompts + 1)
+
+
+def test_inference_cost_is_timed_once_and_cached(lab, monkeypatch):
+    calls, real = [], baselines.evaluate_task
+    monkeypatch.setattr(baselines, "evaluate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = baselines.inference_cost(lab, shots=2, items=2)
+    assert len(calls) == 2 * len(lab.heldout) and first["prompt tokens per item"].dtype == float
+    assert first.loc["few-shot prompting", "prompt tokens per item"] > first.loc["generated adapter (merged)", "prompt tokens per item"]
+    again = baselines.inference_cost(lab, shots=2, items=2)
+    assert len(calls) == 2 * len(lab.heldout)                       # read back, not re-timed
+    pd.testing.assert_frame_equal(again, first)
+    baselines.inference_cost(lab, shots=2, items=2, refresh=True)
+    assert len(calls) == 4 * len(lab.heldout)
 
 
 def test_balanced_subsets_and_config_errors():
