@@ -2,6 +2,9 @@
 early-stopping rules, KV-cache generation, IntegratorLoss components, the cycle scheduler, the
 README's own training loop, and exact resume / determinism of the training harness."""
 import math
+from dataclasses import replace
+
+import pandas as pd
 
 import pytest
 import torch
@@ -245,6 +248,28 @@ def test_training_resumes_exactly_and_is_deterministic(tiny_corpus, lab_home):
     assert resumed["resumed_from"] == 2 and [h["step"] for h in resumed["history"]] == [2, 4]
     assert all(torch.equal(straight[k], resumed["model"].state_dict()[k]) for k in straight)
     assert lab.deterministic(mcfg, tiny_corpus, cfg)
+
+
+def test_speed_and_memory_measurements_are_taken_once_and_cached(tiny_corpus, lab_home, monkeypatch):
+    cfg = lab.INLLabConfig.preset("smoke", steps=2, eval_every=2)
+    configs = lab.models_for(cfg, len(tiny_corpus["vocab"]))
+    run = lab.train_lm(configs["inl"], tiny_corpus, cfg, "timed", progress=False)
+    calls, real_modes = [], lab.mode_table
+    monkeypatch.setattr(lab, "mode_table", lambda *a: calls.append("modes") or real_modes(*a))
+    monkeypatch.setattr(lab, "memory_run", lambda c, cfg, steps: calls.append("memory") or dict(
+        params=1, peak_above_start_mb=2.0, peak_rss_mb=3.0, seconds_per_step=0.5))
+    table, iters, tol = lab.cached_mode_table(run, tiny_corpus, cfg)
+    _, memory = lab.memory_runs(configs, cfg)
+    assert calls == ["modes", "memory", "memory", "memory"]
+    table2, iters2, tol2 = lab.cached_mode_table(run, tiny_corpus, cfg)
+    _, memory2 = lab.memory_runs(configs, cfg)
+    assert len(calls) == 4                                   # read back: nothing timed again
+    pd.testing.assert_frame_equal(table2, table, check_dtype=False)
+    assert tol2 == tol and all(torch.equal(iters2[m], iters[m]) for m in iters)
+    pd.testing.assert_frame_equal(memory2, memory)
+    lab.cached_mode_table(run, tiny_corpus, replace(cfg, bench_repeats=2))   # other settings: timed again
+    lab.memory_runs(configs, cfg, refresh=True)
+    assert calls.count("modes") == 2 and calls.count("memory") == 6
 
 
 def test_corpus_split_flops_and_ceiling(tiny_corpus):

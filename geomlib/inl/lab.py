@@ -219,6 +219,22 @@ def mode_table(model: IntegratorLanguageModel, corpus: dict, cfg: INLLabConfig):
     return table, iters, tol_cal
 
 
+def cached_mode_table(run: dict, corpus: dict, cfg: INLLabConfig):
+    """`mode_table` of a trained run (`train_lm`'s dict), timed once and kept in its run folder under
+    the trained step and the benchmark settings (a run trained further, or other settings, is timed
+    again)."""
+    import pandas as pd
+    key = dict(step=run["history"][-1]["step"] if run["history"] else 0, bench=asdict(cfg), v=1)
+    path = Path(run["run_dir"]) / f"modes-{config_hash(key)}.json"
+    if not path.exists():
+        table, iters, tol = mode_table(run["model"], corpus, cfg)
+        atomic_write_json(path, dict(table=table.reset_index().to_dict("records"), tol=tol,
+                                     iters={m: t.tolist() for m, t in iters.items()}))
+    saved = json.loads(path.read_text())
+    return (pd.DataFrame(saved["table"]).set_index("mode"), {m: torch.tensor(t) for m, t in saved["iters"].items()},
+            saved["tol"])
+
+
 def speedup_ceiling(model_cfg: INLConfig, seq_len: int, iterations: float) -> dict[str, float]:
     """What stopping at `iterations` instead of K can buy at most: forward FLOPs at K over FLOPs at
     `iterations`, with everything else unchanged; and the share of FLOPs the K iterations take."""
@@ -317,12 +333,18 @@ def final_table(hist, entropy: float, bytes_per_token: float):
     return final
 
 
-def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig):
+def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig, refresh: bool = False):
     """Training-memory runs (fresh processes) of the INL model, the transformer and the INL model with
-    gradient checkpointing: ({name: report}, the table)."""
+    gradient checkpointing: ({name: report}, the table). Each is measured once and cached; `refresh`
+    measures again."""
     import pandas as pd
     models = {"inl": configs["inl"], "transformer": configs["transformer"],
               "inl + checkpointing": replace(configs["inl"], gradient_checkpointing=True)}
-    mem = {name: memory_run(c, cfg, cfg.memory_steps) for name, c in models.items()}
+    mem = {}
+    for name, c in models.items():      # measured once per model and settings, kept under LLGBM_HOME/inl
+        path = llgbm_home() / "inl" / f"memory-{config_hash(dict(model=asdict(c), lab=asdict(cfg), v=1))}.json"
+        if refresh or not path.exists():
+            atomic_write_json(path, memory_run(c, cfg, cfg.memory_steps))
+        mem[name] = json.loads(path.read_text())
     return mem, pd.DataFrame(mem).T[["params", "peak_above_start_mb", "peak_rss_mb", "seconds_per_step"]]
 
