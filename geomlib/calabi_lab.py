@@ -8,7 +8,6 @@ cosines: a rerun measures nothing twice. A cached cell's tokens/s is the one mea
 perplexity when it was computed."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -16,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llgbm import models
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home
+from llgbm.utils import check_profile, config_hash, json_cached, llgbm_home
 
 from . import calabi, lm_eval
 from .calabi import (METHODS, OptimizedCalabiYauLinear, OptimizedCYModelUtils, check_gradient_flow, collect_calibration,
@@ -47,12 +46,7 @@ CACHE_VERSION = 1
 
 def cached(kind: str, key: dict, compute) -> dict:
     """`compute()` (a JSON-able dict) once per content key, kept under $LLGBM_HOME/calabi/."""
-    path = llgbm_home() / "calabi" / f"{kind}-{config_hash(dict(key, v=CACHE_VERSION))}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    out = compute()
-    atomic_write_json(path, out)
-    return out
+    return json_cached(llgbm_home() / "calabi" / f"{kind}-{config_hash(dict(key, v=CACHE_VERSION))}.json", compute)
 
 
 def measure_key(model_name: str, cfg: CalabiConfig) -> dict:

@@ -22,7 +22,7 @@ from . import zoo
 from .evaluation import evaluate_adapter, evaluate_task
 from .models import model_fingerprint
 from .tasks import Task, get_task
-from .utils import atomic_write_json, hash_bytes, llgbm_home
+from .utils import atomic_write_json, hash_bytes, json_cached, llgbm_home
 
 
 # ------------------------------------------------------------------ few-shot prompting
@@ -161,23 +161,24 @@ def inference_cost(lab, shots: int = 4, items: int = 32, refresh: bool = False) 
     what the base model costs, so the short prompt is timed on the base model. Timed once on this
     machine and cached under LLGBM_HOME/generators (the row says when); `refresh` times it again."""
     tag = hash_bytes(f"cost|{lab.root.name}|{'_'.join(lab.heldout)}|{items}|{shots}".encode())[:16]
-    path = llgbm_home() / "generators" / f"inference-cost-{tag}.json"
-    if path.exists() and not refresh:
-        return pd.DataFrame.from_dict(json.loads(path.read_text()), orient="index").loc[list(COST_ROWS), COST_COLUMNS]
-    rows = {}
-    for label, with_shots in COST_ROWS.items():
-        k = shots if with_shots else 0
-        tokens, seconds, count = [], 0.0, 0
-        for t in lab.heldout:
-            task = get_task(t)
-            prefix = icl_prefix(task, k) if k else ""
-            tokens.append(prompt_tokens(lab.tokenizer, task, items, prefix))
-            t0 = time.perf_counter()
-            evaluate_task(lab.model, lab.tokenizer, task, items, prefix=prefix)
-            seconds += time.perf_counter() - t0
-            count += len(task.test[:items])
-        rows[label] = {"prompt tokens per item": float(np.mean(tokens)), "items/s": count / seconds,
-                       "prompt tokens/s": float(np.mean(tokens)) * count / seconds,
-                       "timed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    atomic_write_json(path, rows)
-    return pd.DataFrame.from_dict(rows, orient="index")
+
+    def measure() -> dict:
+        rows = {}
+        for label, with_shots in COST_ROWS.items():
+            prefix_shots = shots if with_shots else 0
+            tokens, seconds, count = [], 0.0, 0
+            for t in lab.heldout:
+                task = get_task(t)
+                prefix = icl_prefix(task, prefix_shots) if prefix_shots else ""
+                tokens.append(prompt_tokens(lab.tokenizer, task, items, prefix))
+                t0 = time.perf_counter()
+                evaluate_task(lab.model, lab.tokenizer, task, items, prefix=prefix)
+                seconds += time.perf_counter() - t0
+                count += len(task.test[:items])
+            rows[label] = {"prompt tokens per item": float(np.mean(tokens)), "items/s": count / seconds,
+                           "prompt tokens/s": float(np.mean(tokens)) * count / seconds,
+                           "timed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        return rows
+
+    rows = json_cached(llgbm_home() / "generators" / f"inference-cost-{tag}.json", measure, refresh)
+    return pd.DataFrame.from_dict(rows, orient="index").loc[list(COST_ROWS), COST_COLUMNS]

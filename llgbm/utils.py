@@ -71,6 +71,15 @@ def atomic_write_json(path: Path | str, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def json_cached(path: Path | str, compute, refresh: bool = False):
+    """The JSON in `path`, computed by `compute()` and written atomically when it is missing (or when
+    `refresh`): the one read-or-measure-once cache behind the lab's cached scores and timings."""
+    path = Path(path)
+    if refresh or not path.exists():
+        atomic_write_json(path, compute())
+    return json.loads(path.read_text())
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path | str):
     """Yield a temporary file path beside `path` (same suffix, for writers that look at it, such as

@@ -5,7 +5,6 @@ import math
 from dataclasses import replace
 
 import pandas as pd
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geomlib.lm_eval import random_windows
-from llgbm.utils import (adam_state_tensors, atomic_dir, atomic_write_json, check_profile, config_hash, llgbm_home,
-                         load_adam_state, preset_config, seed_everything, warmup_lr)
+from llgbm.utils import (adam_state_tensors, atomic_dir, atomic_write_json, check_profile, config_hash, json_cached,
+                         llgbm_home, load_adam_state, preset_config, seed_everything, warmup_lr)
 
 from .loss import IntegratorLoss, create_cycle_scheduler
 from .model import INLConfig, IntegratorLanguageModel, size_config
@@ -225,12 +225,12 @@ def cached_mode_table(run: dict, corpus: dict, cfg: INLLabConfig):
     again)."""
     import pandas as pd
     key = dict(step=run["history"][-1]["step"] if run["history"] else 0, bench=asdict(cfg), v=1)
-    path = Path(run["run_dir"]) / f"modes-{config_hash(key)}.json"
-    if not path.exists():
+
+    def measure() -> dict:
         table, iters, tol = mode_table(run["model"], corpus, cfg)
-        atomic_write_json(path, dict(table=table.reset_index().to_dict("records"), tol=tol,
-                                     iters={m: t.tolist() for m, t in iters.items()}))
-    saved = json.loads(path.read_text())
+        return dict(table=table.reset_index().to_dict("records"), tol=tol, iters={m: t.tolist() for m, t in iters.items()})
+
+    saved = json_cached(Path(run["run_dir"]) / f"modes-{config_hash(key)}.json", measure)
     return (pd.DataFrame(saved["table"]).set_index("mode"), {m: torch.tensor(t) for m, t in saved["iters"].items()},
             saved["tol"])
 
@@ -340,11 +340,8 @@ def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig, refresh: bool 
     import pandas as pd
     models = {"inl": configs["inl"], "transformer": configs["transformer"],
               "inl + checkpointing": replace(configs["inl"], gradient_checkpointing=True)}
-    mem = {}
-    for name, c in models.items():      # measured once per model and settings, kept under LLGBM_HOME/inl
-        path = llgbm_home() / "inl" / f"memory-{config_hash(dict(model=asdict(c), lab=asdict(cfg), v=1))}.json"
-        if refresh or not path.exists():
-            atomic_write_json(path, memory_run(c, cfg, cfg.memory_steps))
-        mem[name] = json.loads(path.read_text())
+    mem = {name: json_cached(llgbm_home() / "inl" / f"memory-{config_hash(dict(model=asdict(c), lab=asdict(cfg), v=1))}.json",
+                             lambda c=c: memory_run(c, cfg, cfg.memory_steps), refresh)     # once per model and settings
+           for name, c in models.items()}
     return mem, pd.DataFrame(mem).T[["params", "peak_above_start_mb", "peak_rss_mb", "seconds_per_step"]]
 
