@@ -88,11 +88,20 @@ class ZooStep:
         self.model.unload()
 
 
-def zoo_step(model, tokenizer, zoo_cfg, task, repeats: int) -> HotPath:
+def zoo_step(model, tokenizer, zoo_cfg, task, repeats: int, compile: bool = False) -> HotPath:
+    """A zoo training step, eager or (`compile`) with the decoder stack under torch.compile: FLOPs
+    counted on an eager call (the same work), the first compiled call (the compile) timed apart."""
+    from .compiling import compiled_backbone
     step = ZooStep(model, tokenizer, zoo_cfg, task)
+    name, note = f"zoo training step (batch {zoo_cfg.batch_size})", f"peft LoRA r={zoo_cfg.rank}, fwd+bwd+AdamW, {task.name}"
     try:
-        return measure(f"zoo training step (batch {zoo_cfg.batch_size})", step, repeats, *step.tokens,
-                       note=f"peft LoRA r={zoo_cfg.rank}, fwd+bwd+AdamW, {task.name}")
+        if not compile:
+            return measure(name, step, repeats, *step.tokens, note=note)
+        flops = counted_flops(step)
+        with compiled_backbone(step.model):
+            first = median_time(step, 1, warmup=0)
+            seconds = median_time(step, repeats, warmup=1)
+        return HotPath(f"{name}, compiled", seconds, flops, *step.tokens, note=f"{note}; torch.compile, first call {first:.0f} s")
     finally:
         step.close()
 
@@ -181,10 +190,14 @@ def functional_paths(lab, repeats: int, n_adapters: int = 4) -> list[HotPath]:
     return paths
 
 
-def generator_steps(lab, objectives=OBJECTIVES, steps: int = 3) -> list[HotPath]:
+def generator_steps(lab, objectives=OBJECTIVES, steps: int = 3, compile: bool = False) -> list[HotPath]:
     """One generator training step per objective, through `training.train` itself (in a scratch run
-    folder): the FLOPs of one step counted, the median of `steps` further steps timed."""
+    folder): the FLOPs of one step counted, the median of `steps` further steps timed. `compile` runs
+    the timed steps with the decoder stack under torch.compile (the first step, the compile, is left
+    out of the median and noted; a batch of a new shape may recompile once more, so `steps` + 2 are
+    timed)."""
     from . import training
+    from .compiling import compiled_backbone
     paths = []
     for objective in objectives:
         cfg = lab.config(objective, ckpt_every=10**9, keep_steps=())
@@ -196,9 +209,12 @@ def generator_steps(lab, objectives=OBJECTIVES, steps: int = 3) -> list[HotPath]
             run = lambda n, sub: training.train(lab.data, lab.gcfg, replace(cfg, steps=n), 0, sup,   # noqa: E731
                                                 run_dir=Path(tmp) / sub, progress=False, outputs=outputs)
             flops = counted_flops(lambda: run(1, "counted"))
-            seconds = float(np.median(run(steps + 1, "timed").history["seconds"][1:]))
-        paths.append(HotPath(f"generator step, {objective}", seconds, flops,
-                             note=f"batch {cfg.batch_size}" + (", LM forward+backward" if objective != "weight" else ", no LM")))
+            with compiled_backbone(lab.model, enabled=compile):
+                times = run(steps + 1 + 2 * compile, "timed").history["seconds"]
+        seconds = float(np.median(times[1:]))
+        note = f"batch {cfg.batch_size}" + (", LM forward+backward" if objective != "weight" else ", no LM")
+        paths.append(HotPath(f"generator step, {objective}" + (", compiled" if compile else ""), seconds, flops,
+                             note=note + (f"; torch.compile, first step {times[0]:.0f} s" if compile else "")))
     return paths
 
 
@@ -266,6 +282,34 @@ def suite_breakdown(profile: str, top: int = 12) -> tuple[pd.DataFrame, pd.DataF
         notebooks = notebooks.sort_values("seconds", ascending=False).set_index("notebook")
         notebooks["share"] = notebooks.seconds / notebooks.seconds.sum()
     return notebooks, cells.sort_values("seconds", ascending=False).head(top).reset_index(drop=True)
+
+
+def compiled_paths(lab, repeats: int = 3, objectives=("kd",)) -> list[HotPath]:
+    """The training hot paths again with the decoder stack under torch.compile: a zoo step and the
+    generator steps of `objectives` (LM-backed), to set beside their eager rows."""
+    from .tasks import get_task
+    return ([zoo_step(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]), repeats, compile=True)]
+            + generator_steps(lab, objectives, steps=repeats, compile=True))
+
+
+def teacher_runs(lab, tasks: list[str], peak: float, compile_modes=(False, True)) -> pd.DataFrame:
+    """Whole teacher runs (`zoo.train_teacher`, the zoo's own batches of varying length) trained eager
+    and compiled into a scratch folder, one after the other in this process: training seconds, tokens/s
+    and the zoo's model FLOP/s (`zoo.zoo_throughput`; `peak` is stored in the records). The first
+    compiled run pays the compile and the recompile for a second batch shape; the next ones show what
+    a zoo would get per teacher."""
+    from .zoo import train_teacher, zoo_throughput
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for compiled in compile_modes:
+            cfg = replace(lab.zoo_cfg, compile=compiled)
+            for task in tasks:
+                rec = train_teacher(lab.model, lab.tokenizer, task, 0, cfg, Path(tmp) / str(compiled), progress=False,
+                                    matmul_peak=peak)
+                tp = zoo_throughput([rec], lab.model.config)
+                rows.append({"teacher": task, "compiled": compiled, "steps": rec["steps"], "train seconds": rec["train_seconds"],
+                             "tokens/s": tp["tokens_per_s"], "model GFLOP/s": tp["flops_per_s"] / 1e9})
+    return pd.DataFrame(rows).set_index(["compiled", "teacher"])
 
 
 def hot_paths(lab, repeats: int = 3, eval_items: int = 32) -> list[HotPath]:

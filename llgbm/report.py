@@ -132,11 +132,23 @@ def run_times(profile: str, timings: dict) -> list[str]:
               f"{_verdict(totals['cold'], cold_budget)} | {fmt(totals['warm'])} | {latest:.0f} | |", ""]
     if budgeted:
         for m, budget in (("cold", cold_budget), ("warm", warm_budget)):
-            t = totals[m]
-            lines.append(f"- Whole suite, {m}: " + (f"{t / 60:.0f} min against {budget / 60:.0f} min: **{'within budget' if t <= budget else 'over budget'}**."
-                                                   if t is not None else "not yet timed for every notebook (a `— ` above)."))
-        lines += [f"- The latest runs of all notebooks (of any cache state) add up to {latest / 60:.0f} min.", ""]
-    return lines
+            lines.append(f"- Whole suite, {m}: " + _suite_line(kinds, m, budget))
+        lines += [f"- The latest runs of all notebooks (of any cache state) add up to {latest / 60:.0f} min."]
+    lines += [f"- {k}, {m} run: {r['note']}" for k, v in sorted(timings.items()) for m, r in v.get("runs", {}).items() if r.get("note")]
+    return lines + [""]
+
+
+def _suite_line(kinds: dict[str, dict[str, float]], mode: str, budget: float) -> str:
+    """The suite's total of one kind of run against its budget; when some notebook has no such run,
+    what the timed ones add up to (over budget already, if they are) and which are missing."""
+    timed = {k: t[mode] for k, t in kinds.items() if mode in t}
+    total = sum(timed.values())
+    if len(timed) == len(kinds):
+        return f"{total / 60:.0f} min against {budget / 60:.0f} min: **{'within budget' if total <= budget else 'over budget'}**."
+    missing = ", ".join(k for k in kinds if k not in timed)
+    over = f", **over budget already** by {(total - budget) / 60:.0f} min" if total > budget else ""
+    return (f"not timed for every notebook (a `— ` above): the {len(timed)} timed add up to {total / 60:.0f} min against "
+            f"{budget / 60:.0f} min{over}; not timed {mode}: {missing}.")
 
 
 def _fmt(v) -> str:

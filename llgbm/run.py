@@ -116,14 +116,16 @@ def suite_mode(state: dict) -> str:
     return "warm" if state["state"] == "warm" and state["generator_runs"] > 0 else "partial"
 
 
-def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None) -> None:
+def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
+                  note: str | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
     partial reruns (`--only`). `mode` (suite_mode at the start of the whole run) also files it as
-    that notebook's latest cold, warm or partial run, so the report can show both kinds."""
+    that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
+    what else to know about the run (the report prints it under the run-times table)."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                 **({"start_state": state} if state else {}))
+                 **({"start_state": state} if state else {}), **({"note": note} if note else {}))
     runs = dict(timings.get(stem, {}).get("runs", {}))
     if mode is not None:
         runs[mode] = dict(entry)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=PROFILES, default="quick")
     ap.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
     ap.add_argument("--kernel", default=KERNEL)
+    ap.add_argument("--note", default=None, help="a note filed with each notebook's timing, e.g. what else shared the CPU")
     ap.add_argument("--timeout", type=int, default=4 * 3600, help="per-cell execution timeout, seconds (a cold quick cell of 06 trains for over an hour on 2 cores)")
     args = ap.parse_args(argv)
     import papermill as pm
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds, state, mode)
+        record_timing(args.profile, nb.stem, seconds, state, mode, args.note)
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import packing
 from .bench import measure_matmul_peak
+from .compiling import compiled_backbone
 from .evaluation import build_batch, encode_pairs, evaluate_task, target_logprobs
 from .lora import LORA_TARGETS, adapter_hash, check_finite
 from .tasks import get_task, list_tasks
@@ -50,6 +51,8 @@ class ZooConfig:
     tasks: tuple[str, ...] | None = None   # None: every registered task
     pack: int = 1                     # teachers trained together in one packed forward (llgbm.packing)
     pack_len: int = 128               # tokens per packed row
+    compile: bool = False             # run the training steps under torch.compile (llgbm.compiling): an
+                                      # execution option, equal within float tolerance, not in training_key
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "ZooConfig":
@@ -170,7 +173,6 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
                              f"use zoo_dir(profile, model, cfg) for this config, or delete that run to retrain it")
         return record
     task = task if task is not None else get_task(task_name)
-    device = next(base_model.parameters()).device
     matmul_peak = matmul_peak or measure_matmul_peak()
     torch.manual_seed(zlib.crc32(f"{task_name}/{seed}".encode()))
     model = get_peft_model(base_model, cfg.lora_config())
@@ -184,38 +186,52 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
             start, losses, tokens, seconds, kept = _load_state(state_path, model, opt)
         encoded = encode_pairs(tokenizer, task, task.train)
         model.train()
-        bar = tqdm(range(start, cfg.steps), desc=f"{task_name}/seed{seed}", disable=not progress, leave=False)
-        for step in bar:
-            t0 = time.perf_counter()
-            batch = build_batch([encoded[i] for i in batch_indices(len(encoded), cfg.batch_size, seed, step)],
-                                tokenizer.pad_token_id, device)
-            loss = -target_logprobs(model, batch).mean()
-            if not torch.isfinite(loss):
-                raise ValueError(f"teacher {task_name}/seed{seed} diverged at step {step} (loss {loss.item()}); "
-                                 f"refusing it: lower ZooConfig.lr (now {cfg.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in opt.param_groups:
-                g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
-            opt.step()
-            seconds += time.perf_counter() - t0
-            tokens[0] += int(batch["attention_mask"].sum())
-            tokens[1] += int(batch["target_mask"].sum())
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step >= cfg.steps - cfg.n_checkpoints:
-                sd = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-                check_finite(sd, f"teacher {task_name}/seed{seed} step {step + 1}")
-                kept.append((step + 1, sd))
-            done = step + 1
-            if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
-                _save_state(state_path, get_peft_model_state_dict(model), adam_state_tensors(opt, params), done, losses,
-                            tokens, seconds, kept)
-            if stop_after is not None and done >= stop_after and done < cfg.steps:
-                return None
+        with compiled_backbone(model, enabled=cfg.compile):     # the steps only: scoring stays eager
+            seconds = _train_steps(model, opt, params, encoded, tokenizer, task_name, seed, cfg, state_path, start,
+                                   (losses, tokens, kept), seconds, stop_after, progress)
+        if seconds is None:
+            return None
         return _finish(model, tokenizer, task, task_name, seed, cfg, root, kept, losses, tokens, seconds, matmul_peak, rank)
     finally:
         model.unload()  # strip the LoRA layers: the base model is shared across runs
+
+
+def _train_steps(model, opt, params, encoded, tokenizer, task_name: str, seed: int, cfg: ZooConfig, state_path: Path,
+                 start: int, logs: tuple[list, list, list], seconds: float, stop_after: int | None, progress: bool) -> float | None:
+    """train_teacher's steps from `start`: `logs` (losses, [all, target] tokens, kept checkpoints) grow
+    in place, the resume state is saved every `save_every` steps. Returns the training seconds so
+    far, or None when `stop_after` interrupted the run."""
+    losses, tokens, kept = logs
+    device = next(model.parameters()).device
+    for step in (bar := tqdm(range(start, cfg.steps), desc=f"{task_name}/seed{seed}", disable=not progress, leave=False)):
+        t0 = time.perf_counter()
+        batch = build_batch([encoded[i] for i in batch_indices(len(encoded), cfg.batch_size, seed, step)],
+                            tokenizer.pad_token_id, device)
+        loss = -target_logprobs(model, batch).mean()
+        if not torch.isfinite(loss):
+            raise ValueError(f"teacher {task_name}/seed{seed} diverged at step {step} (loss {loss.item()}); "
+                             f"refusing it: lower ZooConfig.lr (now {cfg.lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
+        opt.step()
+        seconds += time.perf_counter() - t0
+        tokens[0] += int(batch["attention_mask"].sum())
+        tokens[1] += int(batch["target_mask"].sum())
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step >= cfg.steps - cfg.n_checkpoints:
+            sd = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+            check_finite(sd, f"teacher {task_name}/seed{seed} step {step + 1}")
+            kept.append((step + 1, sd))
+        done = step + 1
+        if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
+            _save_state(state_path, get_peft_model_state_dict(model), adam_state_tensors(opt, params), done, losses,
+                        tokens, seconds, kept)
+        if stop_after is not None and done >= stop_after and done < cfg.steps:
+            return None
+    return seconds
 
 
 def train_packed(base_model, tokenizer, runs: list[tuple[str, int]], cfg: ZooConfig, root: Path,

@@ -145,3 +145,22 @@ def cost_note(generator_seconds: float, multitask_lora_seconds: float, budget_se
     return (f"Cold cost: the generator runs trained for {generator_seconds / 60:.0f} min and the multi-task LoRA for "
             f"{multitask_lora_seconds / 60:.0f} min on this machine (their recorded training time); against the "
             f"notebook's cold budget of {budget_seconds / 60:.0f} min that is {verdict}.")
+
+
+def run_metrics(T: pd.DataFrame, tests: pd.DataFrame, cost: pd.DataFrame, best: str, scale: pd.DataFrame, *, n_items: int,
+                n_seeds: int, zcfg, kd_mass: float, user: pd.DataFrame, train_seconds: dict[str, float]) -> dict[str, float]:
+    """Every metrics.json entry of notebook 06: the protocol, `metrics(T)`, `summary(...)`, the user
+    task (base and generated exact match), the recorded training time and the smallest scaling point."""
+    return dict(heldout_items=n_items, n_seeds=n_seeds, weight_steps=zcfg.weight_steps, lm_steps=zcfg.lm_steps, kd_topk_mass=kd_mass,
+                **metrics(T), **summary(T, tests, cost, best), user_task_acc_base=user.loc["base", "exact match"],
+                user_task_acc_generated=user.loc["generated adapter", "exact match"], **train_seconds,
+                scaling_gap_recovery_smallest=scale.sort_values("training tasks").iloc[0]["gap recovery (log-lik)"])
+
+
+def full_verdict(T: pd.DataFrame, tests: pd.DataFrame, cost: pd.DataFrame, best: str, scale: pd.DataFrame, *, n_items: int,
+                 weight_steps: int, top_k: int, kd_mass: float, train_seconds: dict[str, float], budget_seconds: float) -> str:
+    """`verdict` plus the kd cache's coverage, the figures' pointers and the cold training cost."""
+    return (verdict(T, tests, cost, best, n_items, weight_steps) + f" kd's top-{top_k} teacher log-probs hold {kd_mass:.3f} of "
+            f"the teacher's mass. Fig. 1 shows each objective's learning curve; fig. 3 gap recovery from {scale['training tasks'].min()} "
+            f"to {scale['training tasks'].max()} training tasks. "
+            + cost_note(train_seconds["generator_train_seconds"], train_seconds["multitask_lora_train_seconds"], budget_seconds))

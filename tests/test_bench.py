@@ -63,7 +63,7 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     out = tmp_path / "bench.md"
-    run = subprocess.run([sys.executable, "-m", "llgbm.bench", "--profile", "smoke", "--repeats", "1", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "llgbm.bench", "--profile", "smoke", "--repeats", "1", "--compile", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
@@ -74,6 +74,12 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
     assert result["peak_flops_per_s"] > 0
     assert all(p["flops"] > 0 and p["seconds"] > 0 and 0 < p["fraction of peak"] for p in result["paths"])
     assert "matmul (GEMM)" in text
+    compiled = [p for p in result["paths"] if p["name"].endswith(", compiled")]
+    assert [p["name"].split(" (")[0].split(",")[0] for p in compiled] == ["zoo training step", "generator step"]
+    assert all("torch.compile, first" in p["note"] for p in compiled)
+    runs = result["teacher_runs"]
+    assert "Whole teacher runs, eager and compiled" in text and sorted({r["compiled"] for r in runs}) == [False, True]
+    assert all(r["train seconds"] > 0 and r["fraction of peak"] > 0 for r in runs)
 
 
 def test_bench_without_a_zoo_says_how_to_build_one(lab_home):

@@ -170,3 +170,23 @@ def test_the_grid_and_dense_reference_are_cached_across_runs(lab_home, monkeypat
     other = calabi_lab.CalabiConfig.preset("smoke", min_features=32, eval_windows=2)
     with pytest.raises(pytest.fail.Exception, match="recomputed"):       # other windows: another key
         calabi_lab.dense_reference("tiny", dense, evals[:2], other)
+
+
+def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
+    import pandas as pd
+    from geomlib import calabi_ledger as ledger
+    res = pd.DataFrame(dict(method=["plain", "svdllm", "energy_gap", "plain", "svdllm", "energy_gap"],
+                            ratio=[0.2, 0.2, 0.2, 0.4, 0.4, 0.4], ppl=[40.0, 12.0, 30.0, 90.0, 20.0, 80.0],
+                            params=[8e7] * 3 + [6e7] * 3, tokens_per_s=[50.0, 60.0, 55.0, 70.0, 80.0, 75.0]))
+    best = ledger.best_at_20(res)
+    assert best.method == "svdllm" and best.ratio == 0.2          # not the 0.4 row, not the lowest ppl overall
+    mini = pd.DataFrame(dict(method=["plain", "svdllm"], ratio=[0.2, 0.2], mean_cosine=[0.8, 0.95]))
+    m = ledger.metrics(res, best, mini, ppl_dense=10.0, tps_dense=100.0, params_dense=10**8, ppl_ft=11.0, ft_steps=5,
+                       eval_tokens=100, calib_tokens=200)
+    assert m["best_ppl_ratio_20"] == pytest.approx(1.2) and m["seed_method_ppl_ratio_20"] == pytest.approx(3.0)
+    assert m["speed_best_20"] == pytest.approx(0.6) and m["ppl_svdllm_40"] == 20.0 and m["minilm_cos_svdllm_20"] == 0.95
+    claims = {c[0][:20]: c[2] for c in ledger.claims(m, best)}
+    assert claims["Calabi inference is "] == "refuted (memory: yes; speed: no)"
+    assert claims["Compression maintain"] == "refuted" and claims["Low-rank projection "] == "refuted"
+    assert claims["Best method at 20% w"] == "met"
+    assert "1.20× dense perplexity (within the 1.30× target)" in ledger.verdict(m, best)

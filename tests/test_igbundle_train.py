@@ -134,3 +134,42 @@ def test_nf4_base_loads_and_trains_on_cpu(real_home, lab_home, tmp_path):
     res = train(cfg, model, tok, progress=False)
     assert len(res["history"]["loss"]) == 1 and res["history"]["loss"][0] < 20
     unload(model)
+
+
+# ------------------------------------------------------------------ notebook 10's ledger
+
+def _grid(rng, levels: dict[str, float], seeds, tasks, already=False) -> dict:
+    import numpy as np
+    return {(m, s): dict(scores={t: {"correct": (rng.random(60) < acc).astype(float),
+                                     "loglik": np.log(acc) + 0.05 * rng.standard_normal(60)} for t in tasks},
+                         seconds_per_step=0.5, already_trained=already, history={}) for m, acc in levels.items() for s in seeds}
+
+
+def test_ledger_tables_floor_and_claims_follow_the_runs():
+    import numpy as np
+    import pandas as pd
+    from geomlib.igbundle import ledger
+    rng, tasks, seeds = np.random.default_rng(0), ["a", "b"], (0, 1)
+    runs = _grid(rng, {"igbundle": 0.05, "lora": 0.6, "houlsby": 0.5}, seeds, tasks, already=True)
+    base = {t: {"correct": np.zeros(60), "loglik": np.full(60, -4.0)} for t in tasks}
+    params = {"igbundle": 100, "lora": 100, "houlsby": 100}
+    frame, summary, tests = ledger.methods_table(runs, base, params, tasks)
+    assert list(summary.index) == ["igbundle", "lora", "houlsby", "base"]
+    assert summary.loc["base", "trainable params"] == 0 and summary.loc["lora", "s / step (median)"] == 0.5
+    assert list(tests.index) == ["igbundle − lora", "igbundle − houlsby", "houlsby − lora"]
+    abl = {m: _grid(rng, {"igbundle": acc}, (0,), tasks) for m, acc in (("off", 0.05), ("normalised", 0.4))}
+    acc = ledger.ablation_accuracy(runs, abl, tasks, (0,))
+    assert acc["normalised"] > acc["faithful"] and abs(acc["off"] - acc["faithful"]) < 0.1
+    assert ledger.already_trained(runs, *abl.values()) == (6, 8)
+    sigma = pd.DataFrame(dict(step=[1, 1, 2, 2], layer=[0, 1, 0, 1], sigma=[1.0, 1.0, 5.0, 7.0]))
+    mem = dict(fp32=dict(peak_rss_mb=900, peak_above_imports_mb=400, seconds_per_step=1.0),
+               nf4=dict(peak_rss_mb=700, peak_above_imports_mb=200, seconds_per_step=3.0), acc_nf4=0.1, acc_fp32_same_items=0.1)
+    init = dict(faithful_value=0.0, faithful_grad_norm=0.0, normalised_value=0.3)
+    m = ledger.metrics(summary, tests, params, 10**6, init, acc, mem, sigma, n_items=120, n_seeds=2, steps=5, seconds=60.0, already=6)
+    assert m["floor_met"] == 0.0 and m["sigma_final_mean"] == 6.0 and m["acc_lora_mean"] > m["acc_igbundle_mean"]
+    verdict = ledger.verdict(m, tests, list(params), 8)
+    assert "NOT met: cleared by lora, houlsby" in verdict and "IGBundle against LoRA: refuted" in verdict
+    assert "1.0 min" in verdict and "6 of 8 runs" in verdict
+    claims = ledger.claims(m, tests, (0,), sigma)
+    assert claims[0][2].startswith("refuted (more parameters than LoRA")     # 1M at the seed's defaults > 100
+    assert claims[1][3].endswith("exceeds it") and claims[2][3].startswith("sigma is the mean") and "6.0 at the last" in claims[2][3]

@@ -171,14 +171,20 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
     nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
     run.record_timing("quick", "00_baseline", 1200)        # no mode: a latest run, neither cold nor warm
     text = report.write_report("quick", nb).read_text()
-    assert "Whole suite, cold: not yet timed" in text and "| 00_baseline | 15 min | — | — | — | 1200 |" in text
+    assert "Whole suite, cold: not timed for every notebook" in text and "| 00_baseline | 15 min | — | — | — | 1200 |" in text
+    run.record_timing("quick", "00_baseline", 3900, mode="cold", note="tests ran beside it")
+    run.record_timing("quick", "02_dataset", 30, mode="warm")
+    text = report.write_report("quick", nb).read_text()
+    assert ("the 1 timed add up to 65 min against 60 min, **over budget already** by 5 min; not timed cold: 02_dataset."
+            in text) and "- 00_baseline, cold run: tests ran beside it" in text
     run.record_timing("quick", "00_baseline", 1800, mode="cold")
     run.record_timing("quick", "02_dataset", 300, mode="cold")
     text = report.write_report("quick", nb).read_text()
+    assert "tests ran beside it" not in text                    # the note went with the run it described
     assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min |" in text and "| 02_dataset | 10 min | 300 | met |" in text
     assert "Whole suite, cold: 35 min against 60 min: **within budget**" in text
     run.record_timing("quick", "00_baseline", 500, mode="warm")
-    run.record_timing("quick", "02_dataset", 200, mode="warm")
+    run.record_timing("quick", "02_dataset", 200, mode="warm")      # replaces its earlier warm run
     text = report.write_report("quick", nb).read_text()
     assert "Whole suite, warm: 12 min against 10 min: **over budget**" in text
     assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min | 500 | 500 |" in text   # the cold run is kept

@@ -223,6 +223,33 @@ def test_cost_note_states_the_budget_verdict():
     assert "within it" in zeroshot_ledger.cost_note(5 * 60, 5 * 60, 20 * 60)
 
 
+def test_ledger_metrics_and_verdict_from_synthetic_scores():
+    rng, held = np.random.default_rng(0), ["t1", "t2"]
+    level = {"base": -3.0, "teacher": -1.0, "weight": -2.6, "delta": -2.8, "kd": -1.8, "sft": -2.2, "delta+sft": -2.3,
+             "labeled": -2.5, "multitask_lora": -2.4, "icl": -1.5, "mean_lora": -2.7, "nearest_lora": -2.9}
+    scores = {m: {t: {"correct": (rng.random(50) < (ll + 3) / 2).astype(float), "loglik": ll + 0.05 * rng.standard_normal(50)}
+                  for t in held} for m, ll in level.items()}
+    ref = {m: scores[m] for m in ("base", "teacher", "mean_lora", "nearest_lora")}
+    evals = {(m, s): scores[m] for m in level if m not in ("base", "teacher") for s in ((0, 1) if m in zeroshot_ledger.GENERATOR_OBJECTIVES else (0,))}
+    evals |= {(m, 0): scores[m] for m in ("base", "teacher")}
+    T = zeroshot_ledger.method_keys(zeroshot_ledger.methods_table(evals, ref, held).rename(index=zeroshot_ledger.METHODS))
+    best = zeroshot_ledger.best_generator(T)
+    assert best == "kd" and T.loc["kd", "gap rec. gold log-lik"] == pytest.approx(0.6, abs=0.02)
+    tests = zeroshot_ledger.paired_table(evals, held, best)
+    cost = pd.DataFrame({"prompt tokens per item": [110.0, 18.0], "items/s": [3.6, 14.8]}, index=["few-shot prompting", "generated adapter (merged)"])
+    scale = pd.DataFrame({"training tasks": [4, 8], "gap recovery (log-lik)": [-1.0, 0.2]})
+    user = pd.DataFrame({"exact match": [0.0, 0.25]}, index=["base", "generated adapter"])
+    zcfg = zeroshot.ZeroShotConfig.preset("smoke")
+    train_s = dict(generator_train_seconds=1800.0, multitask_lora_train_seconds=600.0)
+    m = zeroshot_ledger.run_metrics(T, tests, cost, best, scale, n_items=100, n_seeds=2, zcfg=zcfg, kd_mass=0.9, user=user, train_seconds=train_s)
+    assert m["best_gap_recovery"] == T.loc["kd", "gap rec. gold log-lik"] and m["user_task_acc_generated"] == 0.25
+    assert m["scaling_gap_recovery_smallest"] == -1.0 and m["prompt_tokens_icl"] == 110.0 and m["labeled_minus_icl_loglik"] < 0
+    text = zeroshot_ledger.full_verdict(T, tests, cost, best, scale, n_items=100, weight_steps=zcfg.weight_steps, top_k=8,
+                                        kd_mass=0.9, train_seconds=train_s, budget_seconds=20 * 60)
+    assert text.startswith("The best generator is **output KD**") and "**met**" in text and "stretch goal missed" in text
+    assert "from 4 to 8 training tasks" in text and "over it by 20 min" in text
+
+
 # ------------------------------------------------------------------ a user's own task
 
 def test_generate_writes_a_peft_folder_with_the_in_memory_logits(lab, tmp_path):

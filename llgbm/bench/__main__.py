@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per hot path (the median is reported)")
     p.add_argument("--out", default=None, help="markdown file (default: reports/<profile>/bench.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the training paths (a zoo step, a kd generator step) under torch.compile")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -38,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     peak = measure_matmul_peak()
     paths = hotpaths.hot_paths(lab, args.repeats)
+    runs = None
+    if args.compile:
+        paths += hotpaths.compiled_paths(lab, args.repeats)
+        runs = hotpaths.teacher_runs(lab, lab.training_tasks[:3], peak)
     peak = max(peak, measure_matmul_peak())       # the peak before and after: the better one
+    if runs is not None:
+        runs["fraction of peak"] = runs["model GFLOP/s"] * 1e9 / peak
     ops, kinds = hotpaths.op_profile(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]))
     notebooks, cells = hotpaths.suite_breakdown(args.profile)
     out = Path(args.out) if args.out else reports_root() / args.profile / "bench.md"
@@ -48,8 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         f"fp32 matmul peak measured in this run: **{peak / 1e9:.0f} GFLOP/s** (best of 2048² matmuls, before and "
         f"after the paths). FLOPs are counted by torch's FlopCounterMode (matmuls and attention, padding included); "
         f"\"useful\" keeps only the real tokens' share. Median of {args.repeats} calls. Written by "
-        f"`python -m llgbm.bench --profile {args.profile}`.",
+        f"`python -m llgbm.bench --profile {args.profile}{' --compile' if args.compile else ''}`."
+        + (" Rows marked *compiled* run the decoder stack under torch.compile (inductor, llgbm.compiling): their "
+           "FLOPs are the eager call's, and the first call, which compiles, is left out of the median and noted."
+           if args.compile else ""),
         table.to_markdown(floatfmt=".3g"),
+        *([] if runs is None else [
+            "## Whole teacher runs, eager and compiled (the zoo's own batches, one after the other in this process)",
+            "The zoo's measure: tokens/s of real tokens and its fraction of the peak above (4 FLOPs per body parameter "
+            "per token, plus the head at answer positions). The first compiled run pays the compile, and a recompile "
+            "when a second batch length shows up.",
+            runs.to_markdown(floatfmt=".3g")]),
         "## Where a zoo training step spends its time (torch.profiler, self CPU time per step)",
         kinds.to_markdown(floatfmt=".3g"), ops.to_markdown(floatfmt=".3g"),
         f"## Where the last {args.profile} suite run spent its minutes",
@@ -60,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ]) + "\n"
     atomic_write_bytes(out, text.encode())
     atomic_write_json(out.with_suffix(".json"), dict(profile=args.profile, model=lab.model_name, threads=threads,
-                                                     **hotpaths.as_json(paths, peak)))
+                                                     **hotpaths.as_json(paths, peak),
+                                                     **({} if runs is None else {"teacher_runs": runs.reset_index().to_dict("records")})))
     print(text)
     print(f"[llgbm.bench] wrote {out}")
     return 0
