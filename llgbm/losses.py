@@ -50,9 +50,10 @@ def delta_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> t
 
 class MultiTaskLoss(nn.Module):
     """λ_w·L_weight + λ_d·L_delta + λ_kd·L_kd + λ_sft·L_sft; returns the total and its terms. The
-    weight term is always computed (it is cheap, and every objective logs it); the others only when
-    their λ > 0, since each costs a forward and backward pass of the base model. The output terms
-    arrive computed (`outputs`: {"kd": …, "sft": …} from `outputs.OutputSupervision`)."""
+    weight term is always computed, since every objective logs it (with λ_w = 0 without a graph: no
+    backward pass through it); the others only when their λ > 0, since each costs a forward and
+    backward pass of the base model. The output terms arrive computed (`outputs`: {"kd": …, "sft": …}
+    from `outputs.OutputSupervision`)."""
 
     def __init__(self, lambda_w: float = 1.0, lambda_d: float = 1.0, token_weights: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None, target_noise: float = 0.0, lambda_kd: float = 0.0,
@@ -65,7 +66,10 @@ class MultiTaskLoss(nn.Module):
         self.token_weights, self.mask, self.target_noise = token_weights, mask, target_noise
 
     def forward(self, pred_tokens, target_tokens, pred_delta=None, target_delta=None, outputs=None):
-        l_w = weight_loss(pred_tokens, target_tokens, self.token_weights, self.target_noise, mask=self.mask)
+        with torch.set_grad_enabled(bool(self.lambda_w) and torch.is_grad_enabled()):
+            # λ_w = 0: its backward pass added exact zeros to the gradient, at the cost of several
+            # passes over SmolLM2's (B, 2550, 10, 130) tokens every step
+            l_w = weight_loss(pred_tokens, target_tokens, self.token_weights, self.target_noise, mask=self.mask)
         terms = {"weight": l_w}
         total = self.lambda_w * l_w
         if self.lambda_d:

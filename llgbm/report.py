@@ -135,7 +135,68 @@ def run_times(profile: str, timings: dict) -> list[str]:
             lines.append(f"- Whole suite, {m}: " + _suite_line(kinds, m, budget))
         lines += [f"- The latest runs of all notebooks (of any cache state) add up to {latest / 60:.0f} min."]
     lines += [f"- {k}, {m} run: {r['note']}" for k, v in sorted(timings.items()) for m, r in v.get("runs", {}).items() if r.get("note")]
+    if budgeted:
+        lines += gap_lines(timings, bench_bounds(profile), cold_budget)
     return lines + [""]
+
+
+def bench_bounds(profile: str) -> dict | None:
+    """What the hot paths of reports/<profile>/bench.json leave to gain by running the same FLOPs
+    faster: the lowest and highest fraction of the fp32 peak a path reaches (its useful fraction
+    where padding counts), and the speedups they bound: at most 1/lowest if every path reached the
+    peak, highest/lowest if every path reached the best fraction any path reaches here."""
+    path = reports_root() / profile / "bench.json"
+    if not path.exists():
+        return None
+    fractions = {}
+    for p in json.loads(path.read_text())["paths"]:
+        f = p.get("useful fraction of peak")
+        f = p["fraction of peak"] if f is None or (isinstance(f, float) and math.isnan(f)) else f
+        fractions[p["name"]] = f
+    lo, hi = min(fractions, key=fractions.get), max(fractions, key=fractions.get)
+    return dict(lowest=fractions[lo], lowest_path=lo, highest=fractions[hi], highest_path=hi,
+                peak_bound=1 / fractions[lo], practical_bound=fractions[hi] / fractions[lo])
+
+
+def _gap_class(need: float, bounds: dict) -> str:
+    if need > bounds["peak_bound"]:
+        return ("**Beyond even the peak bound**: running the same work faster cannot close it; only less work (reuse "
+                "where runs repeat work, or a protocol change, stated as one) or faster hardware can")
+    if need > bounds["practical_bound"]:
+        return "**Beyond the practical bound**, within the peak bound: it needs its paths nearer the peak than any path gets here"
+    return ("**Within the practical bound**: closable in principle by code, if its paths ran at the best fraction "
+            "measured here, or by doing less repeated work")
+
+
+def gap_lines(timings: dict, bounds: dict | None, suite_budget: float) -> list[str]:
+    """For each notebook whose cold run missed its budget: by how much, the speedup it needs, where its
+    minutes went (its slowest cells, when recorded) and whether the bench's bounds on running the same
+    FLOPs faster can cover it; the same for the cold suite's timed notebooks together. The bounds
+    cover running the same work faster, not doing less of it (reuse, caching)."""
+    missed = {k: v["runs"]["cold"] for k, v in sorted(timings.items())
+              if "cold" in v.get("runs", {}) and v["runs"]["cold"]["seconds"] > notebook_budget(k)}
+    if not missed:
+        return []
+    lines = ["", "**Where the cold budgets are missed, and what it would take.**"]
+    if bounds:
+        lines.append(f"The bench (bench.md) bounds what running the same FLOPs faster can give on this machine: its slowest "
+                     f"hot path ({bounds['lowest_path']}) runs at {bounds['lowest']:.2f} of the fp32 peak, so no notebook "
+                     f"can gain more than {bounds['peak_bound']:.1f}× if every path reached the peak, or "
+                     f"{bounds['practical_bound']:.1f}× if every path reached the best fraction any path reaches here "
+                     f"({bounds['highest']:.2f}, {bounds['highest_path']}). Doing less work (reuse, caching) is not bounded by this.")
+    for k, run in missed.items():
+        need = run["seconds"] / notebook_budget(k)
+        cells = "; ".join(f"cell {c['cell']} `{c['code']}` {c['seconds']:.0f} s ({c['seconds'] / run['seconds']:.0%})"
+                          for c in run.get("cells", [])[:3])
+        lines.append(f"- {k}: missed by {(run['seconds'] - notebook_budget(k)) / 60:.0f} min; it needs {need:.1f}× less time. "
+                     + (f"Its slowest cells: {cells}." if cells else "Its cells were not recorded.")
+                     + (f" {_gap_class(need, bounds)}." if bounds else ""))
+    cold = [v["runs"]["cold"]["seconds"] for v in timings.values() if "cold" in v.get("runs", {})]
+    if sum(cold) > suite_budget:
+        need = sum(cold) / suite_budget
+        lines.append(f"- The suite: the {len(cold)} notebooks timed cold need {need:.1f}× less time together."
+                     + (f" {_gap_class(need, bounds)}." if bounds else ""))
+    return lines
 
 
 def _suite_line(kinds: dict[str, dict[str, float]], mode: str, budget: float) -> str:

@@ -116,16 +116,29 @@ def suite_mode(state: dict) -> str:
     return "warm" if state["state"] == "warm" and state["generator_runs"] > 0 else "partial"
 
 
+def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
+    """The `top` slowest code cells of an executed notebook (papermill's per-cell durations): cell
+    index, seconds and the cell's first line, slowest first."""
+    nb = json.loads(Path(executed).read_text())
+    cells = [dict(cell=i, seconds=round(float(c["metadata"]["papermill"]["duration"]), 1),
+                  code="".join(c["source"]).strip().splitlines()[0][:70] if "".join(c["source"]).strip() else "")
+             for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "code" and c.get("metadata", {}).get("papermill", {}).get("duration") is not None]
+    return sorted(cells, key=lambda c: -c["seconds"])[:top]
+
+
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
-                  note: str | None = None) -> None:
+                  note: str | None = None, cells: list[dict] | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
     partial reruns (`--only`). `mode` (suite_mode at the start of the whole run) also files it as
     that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
-    what else to know about the run (the report prints it under the run-times table)."""
+    what else to know about the run (the report prints it under the run-times table); `cells` its
+    slowest cells (`cell_seconds`), where the minutes went."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                 **({"start_state": state} if state else {}), **({"note": note} if note else {}))
+                 **({"start_state": state} if state else {}), **({"note": note} if note else {}),
+                 **({"cells": cells} if cells else {}))
     runs = dict(timings.get(stem, {}).get("runs", {}))
     if mode is not None:
         runs[mode] = dict(entry)
@@ -164,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds, state, mode, args.note)
+        record_timing(args.profile, nb.stem, seconds, state, mode, args.note,
+                      cell_seconds(reports_root() / args.profile / "_executed" / nb.name))
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

@@ -292,3 +292,27 @@ def test_command_line_verify_train_generate(lab_home, capsys):
     assert main(["generate", "--profile", "smoke", "--prompt", "The", "--max-length", "3", "--analyze-coordinates"]) == 0
     out = capsys.readouterr().out
     assert "coordinate norm" in out and "top 10 active dimensions" in out
+
+
+def test_lora_methods_share_their_first_stage_trained_once(tiny, lab_home, monkeypatch):
+    from peft import get_peft_model
+    from geomlib.coordinates import continual
+    model, tok = tiny
+    cfg = continual.CLConfig.preset("smoke", lr=5e-2)
+    pools, folder = continual._pools(tok, cfg.tasks), lab_home / "continual" / "x"
+
+    def fresh():
+        torch.manual_seed(0)
+        lora = get_peft_model(model, cfg.lora_config())
+        return lora, [p for p in lora.parameters() if p.requires_grad]
+    lora, params = fresh()
+    init = [p.detach().clone() for p in params]
+    R00 = continual._shared_first_stage(lora, tok, params, pools, cfg, 0, folder)
+    trained = [p.detach().clone() for p in params]
+    assert any(not torch.equal(a, b) for a, b in zip(init, trained))          # stage 1 trained the adapter
+    lora.unload()
+    monkeypatch.setattr(continual, "_train", lambda *a, **k: pytest.fail("stage 1 trained twice"))
+    lora, params = fresh()
+    assert continual._shared_first_stage(lora, tok, params, pools, cfg, 0, folder) == R00
+    assert all(torch.equal(a, b) for a, b in zip(trained, params))           # loaded exactly
+    lora.unload()

@@ -40,6 +40,40 @@ def test_nan_masking_keeps_the_loss_finite_and_ignores_padding():
     loss.backward()
 
 
+def _weight_loss_by_autograd(pred, target, weights, mask):
+    """The weight loss written as plain autograd ops: the reference the fused loss must match."""
+    err = (pred - target).square() * mask
+    per_token = err.flatten(2).sum(2) / mask.expand_as(err).flatten(2).sum(2).clamp_min(1)
+    return (per_token * weights).mean()
+
+
+@pytest.mark.parametrize("shared_mask", [True, False])
+def test_fused_weight_loss_matches_autograd_in_value_and_gradient(shared_mask):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 7, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, 7, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(7, generator=g, dtype=torch.float64) + 0.5
+    mask = torch.rand(1 if shared_mask else 3, 7, 4, 6, generator=g) > 0.3
+    mask[:, 2] = False                                   # a token that is all padding
+    fused = generator.weight_loss(pred, target, weights, mask=mask)
+    ref = _weight_loss_by_autograd(pred, target, weights, mask)
+    assert torch.allclose(fused, ref, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, (pred, target)), torch.autograd.grad(ref, (pred, target))):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda p, t: generator.weight_loss(p, t, weights, mask=mask), (pred, target))
+
+
+def test_fused_weight_loss_draws_the_same_target_noise():
+    pred, target = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    mask = torch.ones(1, 3, 4, 5, dtype=torch.bool)
+    torch.manual_seed(7)
+    noisy = generator.weight_loss(pred, target, target_noise=1e-2, mask=mask)
+    torch.manual_seed(7)
+    ref = _weight_loss_by_autograd(pred, target + 1e-2 * torch.randn_like(target), torch.ones(3), mask)
+    assert noisy.item() == pytest.approx(ref.item(), rel=1e-6) and noisy.item() != pytest.approx(
+        generator.weight_loss(pred, target, mask=mask).item(), rel=1e-6)
+
+
 def test_token_weights_follow_the_std_across_checkpoints():
     tokens = torch.zeros(4, 3, 2, 2)
     tokens[:, 1] = torch.arange(4.0)[:, None, None]    # token 1 varies across checkpoints, others do not

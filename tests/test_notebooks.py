@@ -192,6 +192,32 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
     assert "budget**" not in report.write_report("smoke", nb).read_text()
 
 
+def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
+    executed = tmp_path / "run.ipynb"
+    executed.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": ["# title"], "metadata": {}},
+        {"cell_type": "code", "source": ["x = 1\n", "y = 2"], "metadata": {"papermill": {"duration": 1.0}}},
+        {"cell_type": "code", "source": ["zoo.build_zoo(model)"], "metadata": {"papermill": {"duration": 1500.0}}}]}))
+    cells = run.cell_seconds(executed)
+    assert [(c["cell"], c["code"]) for c in cells] == [(2, "zoo.build_zoo(model)"), (1, "x = 1")]
+    run.record_timing("quick", "00_baseline", 1800, mode="cold", cells=cells)       # 15-min budget: needs 2.0×
+    run.record_timing("quick", "12_coordinates", 3000, mode="cold")                  # 10-min budget: needs 5.0×
+    run.record_timing("quick", "02_dataset", 60, mode="cold")                        # met: not listed
+    (tmp_path / "quick").mkdir(exist_ok=True)
+    (tmp_path / "quick" / "bench.json").write_text(json.dumps({"paths": [
+        {"name": "slow path", "fraction of peak": 0.5, "useful fraction of peak": 0.25},    # padding counts: 0.25
+        {"name": "fast path", "fraction of peak": 0.75, "useful fraction of peak": float("nan")}]}))
+    text = report.write_report("quick", nb).read_text()
+    assert "no notebook can gain more than 4.0× if every path reached the peak, or 3.0× if" in text
+    assert ("- 00_baseline: missed by 15 min; it needs 2.0× less time. Its slowest cells: cell 2 `zoo.build_zoo(model)` "
+            "1500 s (83%); cell 1 `x = 1` 1 s (0%). **Within the practical bound**") in text
+    assert "- 12_coordinates: missed by 40 min; it needs 5.0× less time. Its cells were not recorded. **Beyond even the peak bound**" in text
+    assert "02_dataset: missed" not in text
+    assert "- The suite: the 3 notebooks timed cold need 1.4× less time together. **Within the practical bound**" in text
+
+
 def test_suite_mode_reads_the_cache_state():
     state = dict(state="cold", zoo_runs=0, zoo_planned=24, generator_runs=0, cached_deltas=48)
     assert run.suite_mode(state) == "cold"                  # the committed deltas do not make it warm

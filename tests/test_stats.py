@@ -90,6 +90,15 @@ def test_delta_loss_and_multitask_loss_by_hand():
         loss(tokens_pred, tokens_target)
 
 
+def test_a_zero_weight_term_is_logged_but_not_differentiated():
+    tokens_pred = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    pred = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    total, terms = MultiTaskLoss(lambda_w=0.0, lambda_d=1.0)(tokens_pred, torch.ones(1, 2, 1, 2), pred, torch.tensor([[2.0, 0.0]]))
+    assert terms["weight"].item() == pytest.approx(1.0) and terms["weight"].grad_fn is None
+    total.backward()
+    assert tokens_pred.grad is None and pred.grad.tolist() == [[-0.5, 0.5]]    # d/dp ‖p − t‖²/‖t‖² = 2(p − t)/4
+
+
 def test_compare_tables_by_hand():
     ref = {"base": {"t": {"correct": [0.0, 0.0], "loglik": [-4.0, -4.0]}},
            "teacher": {"t": {"correct": [1.0, 1.0], "loglik": [-2.0, -2.0]}}}

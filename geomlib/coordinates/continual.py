@@ -3,7 +3,8 @@ other, the accuracy matrix R[t][i] (exact match on the same test items after eve
 ACC / BWT, for coordinate modulation (task id given: a learned θ per task; or θ inferred by the
 predictor) against sequential LoRA (the lower bound), joint LoRA on the tasks seen so far (the upper
 bound), LoRA with experience replay, and one LoRA per task (the zoo's teachers: BWT 0 by
-construction). Every (method, seed) result is cached as JSON."""
+construction). Every (method, seed) result is cached as JSON; the first stage, the same for the three
+trained LoRA methods, is trained once per seed and cached beside them."""
 from __future__ import annotations
 
 import contextlib
@@ -133,14 +134,20 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
             rng = np.random.default_rng([seed, 999])
             buffer = []
             for t, name in enumerate(cfg.tasks):
-                if method == "seq_lora" or t == 0:
+                keep = rng.choice(len(pools[t]), size=min(cfg.replay_per_task, len(pools[t])), replace=False)
+                if t == 0:                                    # the same for every LoRA method: trained once
+                    R[0][0] = _shared_first_stage(lora, tok, params, pools, cfg, seed, path.parent)
+                    buffer += [pools[t][k] for k in keep]
+                    if progress:
+                        print(f"  {method} seed {seed}: stage 1/{T} ({name}) acc {np.mean(R[0][0])}")
+                    continue
+                if method == "seq_lora":
                     src, w = [pools[t]], [1.0]
                 elif method == "joint_lora":
                     src, w = pools[:t + 1], [len(p) for p in pools[:t + 1]]
                 else:                                         # replay: half the batch from the buffer
                     src, w = [pools[t], buffer], [0.5, 0.5]
                 _train(lora, tok, params, src, w, cfg, seed, t)
-                keep = rng.choice(len(pools[t]), size=min(cfg.replay_per_task, len(pools[t])), replace=False)
                 buffer += [pools[t][k] for k in keep]
                 for i in range(t + 1):
                     R[t][i] = exact_match(lora, tok, cfg.tasks[i], cfg.eval_items).astype(int).tolist()
@@ -151,6 +158,29 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
     out = dict(method=method, seed=seed, R=R, seconds=time.perf_counter() - t0, **extra)
     atomic_write_json(path, out)
     return out
+
+
+def _shared_first_stage(lora, tok, params, pools, cfg: CLConfig, seed: int, folder) -> list[int]:
+    """Stage 1 of the LoRA methods: sequential, joint and replay LoRA all train on the first task alone,
+    from the same initialisation (the seed's) with the same batches, so it is trained once per seed and
+    its adapter and scores are cached beside the runs (loaded into `lora` in place); returns R[0][0]."""
+    from safetensors.torch import load_file, save_file
+    weights, scores = folder / f"lora-stage1-seed{seed}.safetensors", folder / f"lora-stage1-seed{seed}.json"
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    if weights.exists() and scores.exists():
+        state = load_file(weights)
+        with torch.no_grad():
+            for n, p in lora.named_parameters():
+                if p.requires_grad:
+                    p.copy_(state[n])
+        return json.loads(scores.read_text())["R00"]
+    _train(lora, tok, params, [pools[0]], [1.0], cfg, seed, 0)
+    R00 = exact_match(lora, tok, cfg.tasks[0], cfg.eval_items).astype(int).tolist()
+    folder.mkdir(parents=True, exist_ok=True)
+    state = dict(lora.named_parameters())
+    save_file({n: state[n].detach().contiguous() for n in names}, weights)
+    atomic_write_json(scores, dict(R00=R00, tasks=list(cfg.tasks[:1]), seed=seed))
+    return R00
 
 
 @torch.no_grad()
