@@ -194,8 +194,12 @@ def gap_lines(timings: dict, bounds: dict | None, suite_budget: float) -> list[s
     cold = [v["runs"]["cold"]["seconds"] for v in timings.values() if "cold" in v.get("runs", {})]
     if sum(cold) > suite_budget:
         need = sum(cold) / suite_budget
-        lines.append(f"- The suite: the {len(cold)} notebooks timed cold need {need:.1f}× less time together."
-                     + (f" {_gap_class(need, bounds)}." if bounds else ""))
+        untimed = [k for k, v in sorted(timings.items()) if "cold" not in v.get("runs", {})]
+        lines.append(f"- The suite: the {len(cold)} notebooks timed cold need {need:.1f}× less time together"
+                     + (f", and more with {', '.join(untimed)}, not timed cold yet." if untimed else ".")
+                     # a partial total under a bound says nothing about the whole suite
+                     + (f" {_gap_class(need, bounds)}." if bounds and (not untimed or need > bounds["practical_bound"])
+                        else " Whether the bounds cover it waits for the untimed notebooks." if bounds else ""))
     return lines
 
 

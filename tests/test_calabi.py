@@ -115,7 +115,7 @@ def test_gradients_flow_through_the_factors():
 def test_the_seed_demo_runs_as_a_module():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "geomlib.calabi"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "geomlib.calabi"], capture_output=True, text=True, timeout=600)   # a hang, not speed: it took 230 s on 2 busy cores
     assert out.returncode == 0, out.stderr
     assert "Compressed 2 layers" in out.stdout and "ratio 0.5: rank 256" in out.stdout
 

@@ -216,6 +216,10 @@ def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch)
     assert "- 12_coordinates: missed by 40 min; it needs 5.0× less time. Its cells were not recorded. **Beyond even the peak bound**" in text
     assert "02_dataset: missed" not in text
     assert "- The suite: the 3 notebooks timed cold need 1.4× less time together. **Within the practical bound**" in text
+    run.record_timing("quick", "05_delta_only", 30, mode="warm")                     # not timed cold: no call on the suite
+    text = report.write_report("quick", nb).read_text()
+    assert ("need 1.4× less time together, and more with 05_delta_only, not timed cold yet. Whether the bounds cover it "
+            "waits for the untimed notebooks.") in text
 
 
 def test_suite_mode_reads_the_cache_state():
