@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 
 from llgbm.evaluation import build_batch, encode_pairs, evaluate_adapter, greedy_answers, target_logprobs
 from llgbm.tasks import get_task
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
+from llgbm.utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
 
 from .host import CoordinateConfig, modulate
 
@@ -166,19 +166,17 @@ def _shared_first_stage(lora, tok, params, pools, cfg: CLConfig, seed: int, fold
     its adapter and scores are cached beside the runs (loaded into `lora` in place); returns R[0][0]."""
     from safetensors.torch import load_file, save_file
     weights, scores = folder / f"lora-stage1-seed{seed}.safetensors", folder / f"lora-stage1-seed{seed}.json"
-    names = [n for n, p in lora.named_parameters() if p.requires_grad]
-    if weights.exists() and scores.exists():
+    trainable = {n: p for n, p in lora.named_parameters() if p.requires_grad}
+    if weights.exists() and scores.exists():          # scores are written last: both there means complete
         state = load_file(weights)
         with torch.no_grad():
-            for n, p in lora.named_parameters():
-                if p.requires_grad:
-                    p.copy_(state[n])
+            for n, p in trainable.items():
+                p.copy_(state[n])
         return json.loads(scores.read_text())["R00"]
     _train(lora, tok, params, [pools[0]], [1.0], cfg, seed, 0)
     R00 = exact_match(lora, tok, cfg.tasks[0], cfg.eval_items).astype(int).tolist()
-    folder.mkdir(parents=True, exist_ok=True)
-    state = dict(lora.named_parameters())
-    save_file({n: state[n].detach().contiguous() for n in names}, weights)
+    with atomic_file(weights) as tmp:
+        save_file({n: p.detach().contiguous() for n, p in trainable.items()}, str(tmp))
     atomic_write_json(scores, dict(R00=R00, tasks=list(cfg.tasks[:1]), seed=seed))
     return R00
 
