@@ -105,6 +105,25 @@ def _verdict(seconds: float | None, budget: float | None) -> str:
     return "met" if seconds <= budget else f"**missed** by {(seconds - budget) / 60:.0f} min"
 
 
+def _about(run: dict) -> list[str]:
+    return [*([f"on {run['machine']}"] if run.get("machine") else []), *([run["note"]] if run.get("note") else [])]
+
+
+def _machines_line(timings: dict) -> list[str]:
+    """Which machine each cold or warm run timed on, when more than one machine (or an unrecorded
+    one beside a recorded one) is in the table: times from different CPUs compare only roughly."""
+    by = {}
+    for k, v in sorted(timings.items()):
+        for m, r in v.get("runs", {}).items():
+            by.setdefault(r.get("machine"), []).append(f"{k} {m}")
+    if len(by) < 2:
+        return []
+    parts = [f"{name}: {', '.join(runs)}" for name, runs in by.items() if name]
+    if None in by:
+        parts.append(f"not recorded (runs from before runs recorded their machine): {len(by[None])} runs")
+    return ["- Machines (times from different CPUs compare only roughly): " + "; ".join(parts) + "."]
+
+
 def run_times(profile: str, timings: dict) -> list[str]:
     """The report's run-times section: per notebook its budget, its latest cold run (started from an
     empty cache) and its latest warm rerun with their verdicts, and the suite totals against the
@@ -135,6 +154,9 @@ def run_times(profile: str, timings: dict) -> list[str]:
             lines.append(f"- Whole suite, {m}: " + _suite_line(kinds, m, budget))
         lines += [f"- The latest runs of all notebooks (of any cache state) add up to {latest / 60:.0f} min."]
     lines += [f"- {k}, {m} run: {r['note']}" for k, v in sorted(timings.items()) for m, r in v.get("runs", {}).items() if r.get("note")]
+    lines += _machines_line(timings)
+    lines += [f"- {k}, an earlier {h['mode']} run (replaced by the one above): {h['seconds']:.0f} s, finished "
+              + "; ".join([h["finished"], *_about(h)]) for k, v in sorted(timings.items()) for h in reversed(v.get("history", []))]
     if budgeted:
         lines += gap_lines(timings, bench_bounds(profile), cold_budget)
     return lines + [""]

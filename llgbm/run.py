@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from .utils import PROFILES, REPO_ROOT, atomic_write_json, llgbm_home
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KERNEL = "llgbm"
+HISTORY = 4            # earlier runs kept per notebook in timings.json
 
 
 class LocalKernelManager(AsyncKernelManager):
@@ -127,6 +129,18 @@ def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
     return sorted(cells, key=lambda c: -c["seconds"])[:top]
 
 
+def machine() -> str:
+    """The CPU a run timed on ("AMD EPYC, 2 CPUs"): runs on other machines are not comparable, and
+    their float results can differ in the last bits (other matmul kernels)."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs"
+
+
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
                   note: str | None = None, cells: list[dict] | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
@@ -136,14 +150,26 @@ def record_timing(profile: str, stem: str, seconds: float, state: dict | None = 
     slowest cells (`cell_seconds`), where the minutes went."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
-    entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
                  **({"start_state": state} if state else {}), **({"note": note} if note else {}),
                  **({"cells": cells} if cells else {}))
-    runs = dict(timings.get(stem, {}).get("runs", {}))
+    atomic_write_json(path, file_timing(timings, stem, entry, mode))
+
+
+def file_timing(timings: dict, stem: str, entry: dict, mode: str | None = None, keep: int = HISTORY) -> dict:
+    """`timings` with `entry` filed as `stem`'s latest run (and its latest `mode` run). The run of the
+    same mode it replaces moves to the notebook's `history` (its seconds, when it finished and its
+    note; the newest `keep`), so the report can say how a number moved and why."""
+    old = timings.get(stem, {})
+    runs, history = dict(old.get("runs", {})), list(old.get("history", []))
     if mode is not None:
-        runs[mode] = dict(entry)
-    timings[stem] = dict(entry, **({"runs": runs} if runs else {}))
-    atomic_write_json(path, timings)
+        if mode in runs:
+            history.append(dict(mode=mode, **{k: runs[mode][k] for k in ("seconds", "finished", "machine", "note")
+                                              if k in runs[mode]}))
+        runs[mode] = {k: v for k, v in entry.items() if k not in ("runs", "history")}
+    latest = {k: v for k, v in entry.items() if k not in ("runs", "history")}
+    return dict(timings, **{stem: dict(latest, **({"runs": runs} if runs else {}),
+                                       **({"history": history[-keep:]} if history else {}))})
 
 
 def main(argv: list[str] | None = None) -> int:

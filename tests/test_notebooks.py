@@ -180,7 +180,9 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
     run.record_timing("quick", "00_baseline", 1800, mode="cold")
     run.record_timing("quick", "02_dataset", 300, mode="cold")
     text = report.write_report("quick", nb).read_text()
-    assert "tests ran beside it" not in text                    # the note went with the run it described
+    assert "- 00_baseline, cold run: tests ran beside it" not in text      # the note went with the run it described
+    assert ("- 00_baseline, an earlier cold run (replaced by the one above): 3900 s, finished "        # … into its history
+            in text) and text.count("an earlier cold run") == 1
     assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min |" in text and "| 02_dataset | 10 min | 300 | met |" in text
     assert "Whole suite, cold: 35 min against 60 min: **within budget**" in text
     run.record_timing("quick", "00_baseline", 500, mode="warm")
@@ -188,8 +190,29 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
     text = report.write_report("quick", nb).read_text()
     assert "Whole suite, warm: 12 min against 10 min: **over budget**" in text
     assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min | 500 | 500 |" in text   # the cold run is kept
+    assert "- Machines" not in text                                         # one machine: nothing to say
+    t = json.loads((tmp_path / "quick" / "timings.json").read_text())
+    (tmp_path / "quick" / "timings.json").write_text(json.dumps(run.file_timing(t, "02_dataset", dict(seconds=250.0, finished="x", machine="Other CPU, 8 CPUs"), "cold")))
+    text = report.write_report("quick", nb).read_text()
+    assert (f"- Machines (times from different CPUs compare only roughly): {run.machine()}: 00_baseline cold, 00_baseline warm, "
+            "02_dataset warm; Other CPU, 8 CPUs: 02_dataset cold.") in text
+    assert f"- 02_dataset, an earlier cold run (replaced by the one above): 300 s, finished " in text and f"; on {run.machine()}" in text
     run.record_timing("smoke", "00_baseline", 5, mode="cold")   # smoke has no budgets: no verdicts
     assert "budget**" not in report.write_report("smoke", nb).read_text()
+
+
+def test_file_timing_keeps_the_runs_it_replaces():
+    t = run.file_timing({}, "00_baseline", dict(seconds=10.0, finished="a"), "cold")
+    assert "history" not in t["00_baseline"] and t["00_baseline"]["runs"]["cold"]["seconds"] == 10.0
+    t = run.file_timing(t, "00_baseline", dict(seconds=5.0, finished="b"), "warm")     # another mode: nothing replaced
+    assert "history" not in t["00_baseline"]
+    t = run.file_timing(t, "00_baseline", dict(seconds=1.0, finished="c"))            # no mode: only the latest run
+    assert t["00_baseline"]["seconds"] == 1.0 and t["00_baseline"]["runs"]["cold"]["seconds"] == 10.0
+    for i in range(6):
+        t = run.file_timing(t, "00_baseline", dict(seconds=20.0 + i, finished=str(i), note=f"run {i}"), "cold")
+    h = t["00_baseline"]["history"]
+    assert len(h) == run.HISTORY and [x["seconds"] for x in h] == [21.0, 22.0, 23.0, 24.0]    # the newest, oldest first
+    assert h[-1] == dict(mode="cold", seconds=24.0, finished="4", note="run 4") and t["00_baseline"]["runs"]["cold"]["seconds"] == 25.0
 
 
 def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch):
