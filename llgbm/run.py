@@ -162,12 +162,12 @@ def file_timing(timings: dict, stem: str, entry: dict, mode: str | None = None, 
     note; the newest `keep`), so the report can say how a number moved and why."""
     old = timings.get(stem, {})
     runs, history = dict(old.get("runs", {})), list(old.get("history", []))
+    latest = {k: v for k, v in entry.items() if k not in ("runs", "history")}
     if mode is not None:
         if mode in runs:
             history.append(dict(mode=mode, **{k: runs[mode][k] for k in ("seconds", "finished", "machine", "note")
                                               if k in runs[mode]}))
-        runs[mode] = {k: v for k, v in entry.items() if k not in ("runs", "history")}
-    latest = {k: v for k, v in entry.items() if k not in ("runs", "history")}
+        runs[mode] = dict(latest)
     return dict(timings, **{stem: dict(latest, **({"runs": runs} if runs else {}),
                                        **({"history": history[-keep:]} if history else {}))})
 
