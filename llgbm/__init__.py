@@ -1,5 +1,18 @@
 """LLGBM Lab: prompt-to-LoRA generation trained on weights (DnD) and on behaviour (delta
 activations), with the models, task suite, teacher zoo and report machinery it stands on.
 
-Pipeline, one module per stage: tasks → models → zoo → probes → evaluation → report/run."""
+The pipeline, one package per stage; each imports only the stages below it:
+
+    core      models, tasks, LoRA, statistics, utilities, timers (the floor)
+    eval      scoring an adapter on a task, tables of methods, LM perplexity
+    teachers  one LoRA per task (a run), the zoo of them, packed multi-teacher training
+    delta     probe texts and delta activations Δ = v(adapted) − v(base), cached
+    generator the prompt-to-LoRA network, its tokenizer, data, losses, supervision, train, sample
+    lab       experiments, baselines and one ledger per notebook (metrics, claims, verdicts)
+    notebook  running the notebooks, their report files, figures and parameters
+    bench     hot paths measured against the machine's peak (the top floor: nothing imports it)
+
+`eval` sits right above `core` although it comes late in the story: teachers and generators are
+scored with it as they train. The modules at this level (`run`, `zoo`, `generate`, `ddp`,
+`training`, `dataset`, `functional`, `probes`) keep the commands and seed 002's import paths."""
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def real_home():
-    from llgbm import models
+    from llgbm.core import models
     models.resolve_model_path("smollm2")   # build the caches once, in the real home
     models.resolve_model_path("tiny")
     return models.model_cache_dir()
@@ -28,21 +28,22 @@ def lab_home(tmp_path, monkeypatch, real_home):
 
 @pytest.fixture(scope="session")
 def tiny(real_home):
-    from llgbm.models import load_model
+    from llgbm.core.models import load_model
     return load_model("tiny", device="cpu")
 
 
 @pytest.fixture
 def tiny_zoo(tiny, lab_home):
     """A three-task zoo of the tiny model (two training tasks, one held out) with its generic-probe deltas."""
-    from llgbm import delta, zoo
-    from llgbm.probes import create_generic_probes
+    from llgbm.delta import activations
+    from llgbm.delta.probes import create_generic_probes
+    from llgbm.teachers import zoo
     model, tok = tiny
     cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3", "country_en_to_de"), steps=3, n_checkpoints=2,
                                eval_items=2, lr=5e-2)
     root = lab_home / "zoo"
     zoo.build_zoo(model, tok, cfg, root, progress=False)
     manifest = zoo.write_manifest(root)
-    deltas, cache = delta.zoo_deltas(model, tok, root, manifest, create_generic_probes(), "tiny-fp",
+    deltas, cache = activations.zoo_deltas(model, tok, root, manifest, create_generic_probes(), "tiny-fp",
                                      cache_root=lab_home / "deltas", progress=False)
     return root, manifest, deltas, cache

@@ -3,7 +3,8 @@ read from synthetic per-item scores whose answer is known."""
 import numpy as np
 import pytest
 
-from llgbm import ablation_ledger as ledger, compare
+from llgbm.eval import compare
+from llgbm.lab.ledgers import ablations as ledger
 
 
 def _scores(rng, held, ll: float, cos: float) -> dict:
@@ -21,11 +22,11 @@ def test_reading_targets_and_verdict(delta_cos, met):
     tests = compare.paired_tests(evals, held, list(ledger.PAIRS))
     r = ledger.Reading(table, tests, objectives)
     assert r.best == "delta" and r.gr_best == "delta" and r.target_gr          # 0.7 of the log-lik gap, CI above 0
-    assert r.target_cos == (met == "met") and r.bw["p (sign-flip, tasks)"] < 0.05
+    assert r.target_cos == (met == "met") and r.bw["p_signflip"] < 0.05
     assert r.behaviour == "supported"
     m = ledger.metrics(table, tests, objectives, n_seeds=2, steps=10)
     assert m["steps"] == 10 and m["delta_cos_delta_mean"] == pytest.approx(delta_cos, abs=0.02)
-    assert m["p_value_delta_vs_weight"] == r.bw["p (sign-flip, tasks)"] and m["loglik_diff_delta_vs_weight"] > 1
+    assert m["p_value_delta_vs_weight"] == r.bw["p_signflip"] and m["loglik_diff_delta_vs_weight"] > 1
     claims = ledger.claims(table, r, len(held), 2, 10)
     assert [c[2] for c in claims] == ["supported", "measured", met, "met"]
     text = ledger.verdict(table, r, len(held), 90.0, 3, 6)

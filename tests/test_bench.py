@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from llgbm import bench, hotpaths, tasks, zoo
+from llgbm.bench import hotpaths
+from llgbm.core import tasks, timing
+from llgbm.teachers import zoo
 
 
 def test_counted_flops_of_a_matmul_are_2mnk():
@@ -29,7 +31,7 @@ def test_a_zoo_step_counts_about_4n_flops_per_token(tiny):
     finally:
         step.close()
     assert not any("lora" in n for n, _ in model.named_modules())
-    expected = 4 * bench.body_params(model.config) * padded
+    expected = 4 * timing.body_params(model.config) * padded
     assert expected <= flops <= 1.25 * expected + 4 * model.config.vocab_size * model.config.hidden_size * padded
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from geomlib import calabi
+from geomlib.calabi import svd
 
 
 def _planted(m=96, n=80, k=12, seed=0):
@@ -17,7 +17,7 @@ def _planted(m=96, n=80, k=12, seed=0):
 
 def test_full_rank_reproduces_the_layer():
     lin = nn.Linear(48, 40)
-    c = calabi.OptimizedCalabiYauLinear(lin, method="plain", rank=40, check_saving=False)
+    c = svd.OptimizedCalabiYauLinear(lin, method="plain", rank=40, check_saving=False)
     x = torch.randn(16, 48)
     torch.testing.assert_close(c(x), lin(x), atol=1e-5, rtol=1e-5)
 
@@ -25,24 +25,24 @@ def test_full_rank_reproduces_the_layer():
 def test_rank_selection_finds_a_planted_gap():
     lin, k = _planted()
     s = torch.linalg.svdvals(lin.weight)
-    assert calabi.spectral_gap_rank(s)[0] == k
-    assert calabi.select_rank(s, budget=40) == k
-    assert calabi.select_rank(s, budget=8) == 8                  # never above the ratio's budget
-    c = calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.3, method="energy_gap")
+    assert svd.spectral_gap_rank(s)[0] == k
+    assert svd.select_rank(s, budget=40) == k
+    assert svd.select_rank(s, budget=8) == 8                  # never above the ratio's budget
+    c = svd.OptimizedCalabiYauLinear(lin, compression_ratio=0.3, method="energy_gap")
     assert c.rank == k
     x = torch.randn(8, 80)
     assert ((c(x) - lin(x)).norm() / lin(x).norm()) < 0.02
 
 
 def test_ratio_means_parameters_removed_and_no_saving_is_refused():
-    assert calabi.rank_for_ratio(576, 576, 0.2) == 230            # ⌊576·576·0.8 / 1152⌋
-    assert calabi.break_even_rank(576, 1536) == pytest.approx(418.9, abs=0.1)
+    assert svd.rank_for_ratio(576, 576, 0.2) == 230            # ⌊576·576·0.8 / 1152⌋
+    assert svd.break_even_rank(576, 1536) == pytest.approx(418.9, abs=0.1)
     lin = nn.Linear(64, 64)
     with pytest.raises(ValueError, match="saves nothing"):
-        calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.0, method="plain")
+        svd.OptimizedCalabiYauLinear(lin, compression_ratio=0.0, method="plain")
     with pytest.raises(ValueError, match="fraction of parameters removed"):
-        calabi.OptimizedCalabiYauLinear(lin, compression_ratio=1.5)
-    c = calabi.OptimizedCalabiYauLinear(lin, compression_ratio=0.5, method="plain")
+        svd.OptimizedCalabiYauLinear(lin, compression_ratio=1.5)
+    c = svd.OptimizedCalabiYauLinear(lin, compression_ratio=0.5, method="plain")
     assert c.n_params() - 64 <= 0.5 * 64 * 64 + 64                # bias kept, weights halved or better
 
 
@@ -50,10 +50,10 @@ def test_bias_correction_lowers_the_output_error_on_calibration_data():
     torch.manual_seed(0)
     lin = nn.Linear(64, 64)
     x = torch.randn(512, 64) + 3.0                                # inputs with a large mean
-    stats = calabi.CalibrationStats(64)
+    stats = svd.CalibrationStats(64)
     stats.update(x)
-    plain = calabi.OptimizedCalabiYauLinear(lin, 0.6, method="plain")
-    folded = calabi.OptimizedCalabiYauLinear(lin, 0.6, method="plain", calib=stats)
+    plain = svd.OptimizedCalabiYauLinear(lin, 0.6, method="plain")
+    folded = svd.OptimizedCalabiYauLinear(lin, 0.6, method="plain", calib=stats)
     err = lambda c: (c(x) - lin(x)).pow(2).mean().item()   # noqa: E731
     assert err(folded) < 0.8 * err(plain)
 
@@ -62,9 +62,9 @@ def test_activation_aware_methods_beat_plain_on_anisotropic_inputs():
     torch.manual_seed(0)
     lin = nn.Linear(64, 64)
     x = torch.randn(1024, 64) * torch.logspace(-2, 1, 64)         # a few input directions dominate
-    stats = calabi.CalibrationStats(64)
+    stats = svd.CalibrationStats(64)
     stats.update(x)
-    err = {m: (calabi.OptimizedCalabiYauLinear(lin, 0.6, method=m, calib=stats, bias_correction=False)(x) - lin(x)).pow(2).mean().item()
+    err = {m: (svd.OptimizedCalabiYauLinear(lin, 0.6, method=m, calib=stats, bias_correction=False)(x) - lin(x)).pow(2).mean().item()
            for m in ("plain", "asvd", "svdllm")}
     assert err["svdllm"] < err["plain"] and err["asvd"] < err["plain"]
     assert err["svdllm"] <= err["asvd"] * 1.01                    # whitening is optimal for this objective
@@ -72,43 +72,43 @@ def test_activation_aware_methods_beat_plain_on_anisotropic_inputs():
 
 def test_replace_linear_layers_skips_small_layers_and_counts():
     model = nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 1024), nn.Linear(1024, 64))
-    n = calabi.OptimizedCYModelUtils.replace_linear_layers(model, compression_ratio=0.5, min_features=128)
+    n = svd.OptimizedCYModelUtils.replace_linear_layers(model, compression_ratio=0.5, min_features=128)
     assert n == 2
-    assert isinstance(model[0], calabi.OptimizedCalabiYauLinear) and isinstance(model[3], nn.Linear)
-    assert calabi.OptimizedCYModelUtils.count_parameters(model) < 0.55 * (2 * 1024 * 2048) + 1024 * 64 + 5000
+    assert isinstance(model[0], svd.OptimizedCalabiYauLinear) and isinstance(model[3], nn.Linear)
+    assert svd.OptimizedCYModelUtils.count_parameters(model) < 0.55 * (2 * 1024 * 2048) + 1024 * 64 + 5000
 
 
 def test_compress_hf_model_on_tiny_and_on_minilm(real_home):
-    from llgbm.models import load_model
+    from llgbm.core.models import load_model
     tiny, tok = load_model("tiny", device="cpu")
     ids = tok(["Add 1 to the number."], return_tensors="pt").input_ids
     with torch.no_grad():
         ref = tiny(ids).logits
-    c = calabi.compress_hf_model(tiny, 0.3, min_features=32)
-    assert any(isinstance(m, calabi.OptimizedCalabiYauLinear) for m in c.modules())
+    c = svd.compress_hf_model(tiny, 0.3, min_features=32)
+    assert any(isinstance(m, svd.OptimizedCalabiYauLinear) for m in c.modules())
     with torch.no_grad():
         assert torch.isfinite(c(ids).logits).all() and c(ids).logits.shape == ref.shape
-    mini = calabi.compress_hf_model("minilm", 0.2, min_features=128)
-    assert sum(isinstance(m, calabi.OptimizedCalabiYauLinear) for m in mini.modules()) >= 6 * 6  # 6 linears x 6 layers
+    mini = svd.compress_hf_model("minilm", 0.2, min_features=128)
+    assert sum(isinstance(m, svd.OptimizedCalabiYauLinear) for m in mini.modules()) >= 6 * 6  # 6 linears x 6 layers
     with pytest.raises(FileNotFoundError, match="not a preset"):
-        calabi.compress_hf_model("/no/such/model", 0.2)
+        svd.compress_hf_model("/no/such/model", 0.2)
 
 
 def test_nan_is_rejected():
     lin = nn.Linear(32, 32)
-    c = calabi.OptimizedCalabiYauLinear(lin, 0.5, method="plain")
+    c = svd.OptimizedCalabiYauLinear(lin, 0.5, method="plain")
     with pytest.raises(ValueError, match="NaN/Inf"):
         c(torch.full((2, 32), float("nan")))
     lin.weight.data[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN/Inf"):
-        calabi.OptimizedCalabiYauLinear(lin, 0.5)
+        svd.OptimizedCalabiYauLinear(lin, 0.5)
     with pytest.raises(ValueError, match="activation-aware"):
-        calabi.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="svdllm")
+        svd.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="svdllm")
 
 
 def test_gradients_flow_through_the_factors():
-    c = calabi.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="plain")
-    norms = calabi.check_gradient_flow(c)
+    c = svd.OptimizedCalabiYauLinear(nn.Linear(32, 32), 0.5, method="plain")
+    norms = svd.check_gradient_flow(c)
     assert set(norms) >= {"U", "S", "V"}
 
 
@@ -128,53 +128,55 @@ def test_one_decomposition_per_layer_and_kind_serves_every_ratio(monkeypatch):
     torch.manual_seed(0)
     ref_model = make()
     x = torch.randn(256, 96, generator=g) * torch.linspace(0.1, 3, 96)
-    stats = calabi.collect_calibration(ref_model, [dict(input=x)])
-    calls, real = [], calabi.decompose
-    monkeypatch.setattr(calabi, "decompose", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    stats = svd.collect_calibration(ref_model, [dict(input=x)])
+    calls, real = [], svd.decompose
+    monkeypatch.setattr(svd, "decompose", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     shared = {}
-    for method in calabi.METHODS:
+    for method in svd.METHODS:
         for ratio in (0.2, 0.5):
             fresh, reused = make(), make()
             fresh.load_state_dict(ref_model.state_dict())
             reused.load_state_dict(ref_model.state_dict())
             kw = dict(compression_ratio=ratio, min_features=32, method=method, calib=stats)
-            calabi.OptimizedCYModelUtils.replace_linear_layers(fresh, **kw)
-            calabi.OptimizedCYModelUtils.replace_linear_layers(reused, decompositions=shared, **kw)
+            svd.OptimizedCYModelUtils.replace_linear_layers(fresh, **kw)
+            svd.OptimizedCYModelUtils.replace_linear_layers(reused, decompositions=shared, **kw)
             for a, b in zip(fresh, reused):
                 assert a.rank == b.rank
                 assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert sorted(k[1] for k in shared) == ["asvd", "asvd", "svd", "svd", "svdllm", "svdllm"]
-    reuse_calls = len(calls) - 2 * len(calabi.METHODS) * 2     # the fresh models decompose every time
+    reuse_calls = len(calls) - 2 * len(svd.METHODS) * 2     # the fresh models decompose every time
     assert reuse_calls == len(shared) == 6
     with pytest.raises(ValueError, match="needs its svdllm"):
-        calabi.OptimizedCalabiYauLinear(ref_model[0], 0.5, "svdllm", stats["0"], decomposition=shared["0", "svd"])
+        svd.OptimizedCalabiYauLinear(ref_model[0], 0.5, "svdllm", stats["0"], decomposition=shared["0", "svd"])
 
 
 def test_the_grid_and_dense_reference_are_cached_across_runs(lab_home, monkeypatch):
     """A rerun of notebook 11's grid reads every cell from $LLGBM_HOME/calabi: it measures nothing."""
-    from geomlib import calabi_lab, lm_eval
-    from llgbm.models import load_model
-    cfg = calabi_lab.CalabiConfig.preset("smoke", min_features=32)
+    from geomlib.calabi import lab
+    from llgbm.core.models import load_model
+    from llgbm.eval import lm
+    cfg = lab.CalabiConfig.preset("smoke", min_features=32)
     dense, tok = load_model("tiny", device="cpu")
-    calib, evals = (lm_eval.pydoc_windows(tok, split, 4, cfg.window) for split in ("calib", "eval"))
-    stats = calabi.collect_calibration(dense, [{"input_ids": calib}])
-    params = calabi.OptimizedCYModelUtils.count_parameters(dense)
-    first = calabi_lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
-    ref = calabi_lab.dense_reference("tiny", dense, evals, cfg)
-    ft = calabi_lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg)
+    calib, evals = (lm.pydoc_windows(tok, split, 4, cfg.window) for split in ("calib", "eval"))
+    stats = svd.collect_calibration(dense, [{"input_ids": calib}])
+    params = svd.OptimizedCYModelUtils.count_parameters(dense)
+    first = lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
+    ref = lab.dense_reference("tiny", dense, evals, cfg)
+    ft = lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg)
     assert len(first) == 4 and first.ppl.notna().all() and len(ft["losses"]) == cfg.ft_steps
-    monkeypatch.setattr(lm_eval, "perplexity", lambda *a, **k: pytest.fail("a cached measurement was recomputed"))
-    again = calabi_lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
-    assert again.equals(first) and calabi_lab.dense_reference("tiny", dense, evals, cfg) == ref
-    assert calabi_lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg) == ft
-    other = calabi_lab.CalabiConfig.preset("smoke", min_features=32, eval_windows=2)
+    monkeypatch.setattr(lm, "perplexity", lambda *a, **k: pytest.fail("a cached measurement was recomputed"))
+    again = lab.compression_grid("tiny", stats, evals, cfg, params, methods=("plain", "svdllm"), progress=False)
+    assert again.equals(first) and lab.dense_reference("tiny", dense, evals, cfg) == ref
+    assert lab.finetuned("tiny", "svdllm", 0.2, stats, calib, evals, cfg) == ft
+    other = lab.CalabiConfig.preset("smoke", min_features=32, eval_windows=2)
     with pytest.raises(pytest.fail.Exception, match="recomputed"):       # other windows: another key
-        calabi_lab.dense_reference("tiny", dense, evals[:2], other)
+        lab.dense_reference("tiny", dense, evals[:2], other)
 
 
 def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
     import pandas as pd
-    from geomlib import calabi_ledger as ledger
+
+    from geomlib.calabi import ledger
     res = pd.DataFrame(dict(method=["plain", "svdllm", "energy_gap", "plain", "svdllm", "energy_gap"],
                             ratio=[0.2, 0.2, 0.2, 0.4, 0.4, 0.4], ppl=[40.0, 12.0, 30.0, 90.0, 20.0, 80.0],
                             params=[8e7] * 3 + [6e7] * 3, tokens_per_s=[50.0, 60.0, 55.0, 70.0, 80.0, 75.0]))

@@ -3,11 +3,11 @@ shared base model eager again after every block."""
 import pytest
 import torch
 
-from llgbm.compiling import compiled_backbone, is_compiled
-from llgbm.evaluation import target_logprobs
-from llgbm.hotpaths import ZooStep
-from llgbm.tasks import get_task
-from llgbm.zoo import ZooConfig
+from llgbm.bench.hotpaths import ZooStep
+from llgbm.core.compiling import compiled_backbone, is_compiled
+from llgbm.core.tasks import get_task
+from llgbm.eval.scoring import target_logprobs
+from llgbm.teachers.zoo import ZooConfig
 
 
 def _loss_and_grads(step):
@@ -48,7 +48,8 @@ def test_compiled_block_restores_eager_on_error(tiny):
 
 def test_a_teacher_trained_compiled_matches_its_eager_run_and_keeps_the_zoo_key(tiny, lab_home):
     from dataclasses import replace
-    from llgbm import zoo
+
+    from llgbm.teachers import zoo
     model, tok = tiny
     cfg = ZooConfig.preset("smoke", steps=4, save_every=2, n_checkpoints=1, eval_items=2)
     compiled = replace(cfg, compile=True)

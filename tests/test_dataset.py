@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
-import torch
 
-from llgbm import dataset, lora
-from llgbm.probes import create_generic_probes
-from llgbm.tasks import get_task
-from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
+from llgbm.core import lora
+from llgbm.core.tasks import get_task
+from llgbm.generator import dataset
+from llgbm.generator.tokenizer import LoraLayout, LoRATokenizer2D
 
 
 def test_heldout_tasks_never_in_training_split(tiny, tiny_zoo):

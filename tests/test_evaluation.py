@@ -3,18 +3,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llgbm import evaluation
-from llgbm.tasks import get_task
+from llgbm.core.tasks import get_task
+from llgbm.eval import scoring
 
 
 def test_target_logprobs_match_full_logits(tiny):
     """Reference check: logits at answer positions only == log-softmax of the full forward."""
     model, tok = tiny
     task = get_task("add_1")
-    enc = evaluation.encode_pairs(tok, task, task.test[:5])
-    batch = evaluation.build_batch(enc, tok.pad_token_id)
+    enc = scoring.encode_pairs(tok, task, task.test[:5])
+    batch = scoring.build_batch(enc, tok.pad_token_id)
     with torch.no_grad():
-        fast = evaluation.target_logprobs(model, batch)
+        fast = scoring.target_logprobs(model, batch)
         logp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
     ref = [logp[i, j - 1, batch["input_ids"][i, j]] for i in range(5) for j in range(batch["input_ids"].shape[1])
            if batch["target_mask"][i, j]]
@@ -26,14 +26,14 @@ def test_greedy_answers_do_not_depend_on_padding(tiny):
     model, tok = tiny
     task = get_task("country_en_to_de")
     inputs = ["Germany", "Bosnia and Herzegovina", "Chad"]   # different prompt lengths
-    batched = evaluation.greedy_answers(model, tok, task, inputs, max_new_tokens=4, batch_size=3)
-    alone = [evaluation.greedy_answers(model, tok, task, [x], max_new_tokens=4)[0] for x in inputs]
+    batched = scoring.greedy_answers(model, tok, task, inputs, max_new_tokens=4, batch_size=3)
+    alone = [scoring.greedy_answers(model, tok, task, [x], max_new_tokens=4)[0] for x in inputs]
     assert batched == alone
 
 
 def test_evaluate_task_scores_items(tiny):
     model, tok = tiny
-    s = evaluation.evaluate_task(model, tok, get_task("add_1"), n=6)
+    s = scoring.evaluate_task(model, tok, get_task("add_1"), n=6)
     assert s.correct.shape == s.loglik.shape == (6,)
     assert 0.0 <= s.acc <= 1.0 and np.all(s.loglik < 0)
     assert len(s.predictions) == 6
@@ -44,9 +44,9 @@ def test_a_correct_answer_is_scored_correct(tiny, monkeypatch):
     and the log-likelihood (computed from the model, not the answers) does not change."""
     model, tok = tiny
     task = get_task("add_1")
-    before = evaluation.evaluate_task(model, tok, task, n=5)
-    monkeypatch.setattr(evaluation, "greedy_answers", lambda m, t, task, inputs, *a, **k: [dict(task.test)[x] for x in inputs])
-    after = evaluation.evaluate_task(model, tok, task, n=5)
+    before = scoring.evaluate_task(model, tok, task, n=5)
+    monkeypatch.setattr(scoring, "greedy_answers", lambda m, t, task, inputs, *a, **k: [dict(task.test)[x] for x in inputs])
+    after = scoring.evaluate_task(model, tok, task, n=5)
     assert after.acc == 1.0 and before.acc == 0.0
     np.testing.assert_array_equal(after.loglik, before.loglik)
 
@@ -55,11 +55,11 @@ def test_a_correct_answer_is_scored_correct(tiny, monkeypatch):
 def test_smollm2_answers_some_items_correctly(real_home):
     """On the real model, an easy task is partly solved zero-shot, and each correct item's greedy
     answer is exactly the gold answer."""
-    from llgbm import models, tasks
+    from llgbm.core import models, tasks
     model, tok = models.load_model("smollm2", device="cpu")
     words = "apple house river mountain green table window garden music paper water light stone cloud bread chair smile dream ocean forest"
     task = tasks.register_task("echo_word", "Repeat the input word exactly.", [(w, w) for w in words.split()], overwrite=True)
-    s = evaluation.evaluate_task(model, tok, task, n=10)
+    s = scoring.evaluate_task(model, tok, task, n=10)
     gold = [y for _, y in task.test[:10]]
     assert 0.2 <= s.acc <= 1.0, s.predictions          # SmolLM2-135M-Instruct repeats about 4 words in 10
     assert all(p.strip() == g for p, g, c in zip(s.predictions, gold, s.correct) if c)
@@ -68,7 +68,7 @@ def test_smollm2_answers_some_items_correctly(real_home):
 def test_adapters_evaluated_in_shared_forwards_score_as_one_at_a_time(tiny_zoo, tiny):
     """Base, two teacher folders and a state dict scored together (rows repeated per adapter, hooks
     apply adapter i to copy i, generate's KV cache included) equal peft's one-at-a-time scores."""
-    from llgbm import lora
+    from llgbm.core import lora
     model, tok = tiny
     root, manifest, _, _ = tiny_zoo
     folders = [root / r["path"] for r in manifest[:2]]
@@ -76,15 +76,15 @@ def test_adapters_evaluated_in_shared_forwards_score_as_one_at_a_time(tiny_zoo, 
     cfg = __import__("peft").LoraConfig.from_pretrained(str(folders[0]))
     task = get_task("add_1")
     adapters = [None, *folders, avg]
-    together = evaluation.evaluate_adapters(model, tok, task, adapters, n=12, lora_config=cfg, batch_size=5)
-    alone = [evaluation.evaluate_adapter(model, tok, task, a, n=12, lora_config=cfg, batch_size=5) for a in adapters]
+    together = scoring.evaluate_adapters(model, tok, task, adapters, n=12, lora_config=cfg, batch_size=5)
+    alone = [scoring.evaluate_adapter(model, tok, task, a, n=12, lora_config=cfg, batch_size=5) for a in adapters]
     assert len(together) == 4
     for t, a in zip(together, alone):
         np.testing.assert_allclose(t.loglik, a.loglik, atol=1e-4)
         assert t.predictions == a.predictions and np.array_equal(t.correct, a.correct)
     assert not np.allclose(together[0].loglik, together[1].loglik)       # the adapters did differ
     assert not any("lora" in n for n, _ in model.named_modules())
-    only_ll = evaluation.evaluate_adapters(model, tok, task, adapters[:2], n=12, loglik_only=True)   # config from the folder
+    only_ll = scoring.evaluate_adapters(model, tok, task, adapters[:2], n=12, loglik_only=True)   # config from the folder
     np.testing.assert_allclose(only_ll[1].loglik, alone[1].loglik, atol=1e-4)
     with pytest.raises(ValueError, match="at least one"):
-        evaluation.evaluate_adapters(model, tok, task, [])
+        scoring.evaluate_adapters(model, tok, task, [])

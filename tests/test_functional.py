@@ -2,9 +2,11 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from llgbm import delta, functional, lora, zoo
-from llgbm.probes import create_generic_probes
-from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
+from llgbm.core import functional, lora
+from llgbm.delta import activations
+from llgbm.delta.probes import create_generic_probes
+from llgbm.generator.tokenizer import LoraLayout, LoRATokenizer2D
+from llgbm.teachers import zoo
 
 CFG = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0,
                  task_type="CAUSAL_LM")
@@ -49,14 +51,14 @@ def test_batched_delta_matches_peft_delta_per_adapter(tiny):
     model, tok = tiny
     texts = create_generic_probes()
     states = [_random_lora(model, seed=s) for s in range(3)]
-    base = delta.compute_base_activation(model, tok, texts)
+    base = activations.compute_base_activation(model, tok, texts)
     probes = functional.tokenize_probes(tok, texts)
     for mode in functional.FunctionalLoRA.MODES:
         flora = functional.FunctionalLoRA.from_lora_config(model, CFG, mode)
         with torch.no_grad():
             got = functional.compute_delta_differentiable(flora, lora.stack_states(states), probes, base)
         for i, s in enumerate(states):
-            ref = delta.compute_adapter_delta(model, tok, s, texts, base, lora_config=CFG)
+            ref = activations.compute_adapter_delta(model, tok, s, texts, base, lora_config=CFG)
             assert torch.allclose(got[i], torch.as_tensor(ref), atol=1e-5), mode
 
 
@@ -94,7 +96,7 @@ def test_bad_inputs_are_named(tiny):
     with pytest.raises(ValueError, match="unknown mode"):
         functional.FunctionalLoRA(model, 2.0, mode="merge")
     with pytest.raises(KeyError, match="not a peft LoRA key"):
-        functional.module_name("model.layers.0.q_proj.weight")
+        lora.module_name("model.layers.0.q_proj.weight")
     flora = functional.FunctionalLoRA(model, 2.0)
     with pytest.raises(KeyError, match="not a Linear"):
         flora.apply_lora_weights({"base_model.model.nope.lora_A.weight": torch.zeros(2, 3),

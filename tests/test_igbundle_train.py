@@ -1,5 +1,4 @@
 """geomlib.igbundle training, commands and chat app on the tiny model; NF4 loading on CPU."""
-import json
 import socket
 import subprocess
 import sys
@@ -111,6 +110,7 @@ def _free_port() -> int:
 
 def test_chat_app_answers_a_message_on_localhost(tiny, lab_home):
     from gradio_client import Client
+
     from geomlib.igbundle import app
     from geomlib.igbundle.adapter import IGBundleConfig
     model, tok = tiny
@@ -148,6 +148,7 @@ def _grid(rng, levels: dict[str, float], seeds, tasks, already=False) -> dict:
 def test_ledger_tables_floor_and_claims_follow_the_runs():
     import numpy as np
     import pandas as pd
+
     from geomlib.igbundle import ledger
     rng, tasks, seeds = np.random.default_rng(0), ["a", "b"], (0, 1)
     runs = _grid(rng, {"igbundle": 0.05, "lora": 0.6, "houlsby": 0.5}, seeds, tasks, already=True)

@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from geomlib.inl import (IntegratorConfig, IntegratorLoss, IntegratorNeuronLayer, create_cycle_scheduler, create_model,
-                         parameter_breakdown, parameter_table, size_config, transformer_like)
-from geomlib.inl import lab
-from geomlib.lm_eval import pydoc_corpus, unigram_entropy
+                         lab, parameter_breakdown, parameter_table, size_config, transformer_like)
 from geomlib.inl.model import IntegratorLanguageModel
+from llgbm.eval.lm import pydoc_corpus, unigram_entropy
 
 
 def constant_controller(layer, alpha, beta, gate):
@@ -200,8 +199,9 @@ def test_parameter_table_sums_to_the_real_count_and_the_transformer_matches():
 
 def test_readme_training_loop_runs_as_written():
     """The README's example, with `from geomlib.inl import …` in place of inl_llm."""
-    from geomlib.inl import IntegratorLoss, create_cycle_scheduler, create_model
     import torch.optim as optim
+
+    from geomlib.inl import IntegratorLoss, create_cycle_scheduler, create_model
     torch.manual_seed(0)
     model = create_model(size='cpu-tiny', vocab_size=100)
     loss_fn = IntegratorLoss(task_loss_type='ce', target_value=0.0, lambda_mean_init=0.1, lambda_speed=0.01,
@@ -314,6 +314,7 @@ def test_ledger_verdicts_follow_the_numbers():
 
 def test_command_line_train_bench_generate(lab_home, tmp_path, capsys):
     import json
+
     from geomlib.inl.__main__ import main
     assert main(["train", "--profile", "smoke", "--no-save", "--steps", "2", "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())

@@ -5,8 +5,8 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from llgbm import lora
-from llgbm.tokenizer import LoraLayout
+from llgbm.core import lora
+from llgbm.generator.tokenizer import LoraLayout
 
 CFG = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llgbm import models
+from llgbm.core import models
 
 
 @pytest.mark.real_model
@@ -30,6 +30,7 @@ def test_cache_is_reused_not_rebuilt(real_home, monkeypatch):
 def test_fingerprint_is_a_content_hash_of_config_and_weights(real_home, tmp_path):
     import hashlib
     import shutil
+
     from safetensors.torch import load_file, save_file
     folder = real_home / "tiny"
     expected = hashlib.sha256((folder / "config.json").read_bytes() + (folder / "model.safetensors").read_bytes()).hexdigest()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llgbm import report, run
+from llgbm.notebook import report, run
 
 NOTEBOOKS = run.notebooks()
 REQUIRED = {
@@ -251,3 +251,19 @@ def test_suite_mode_reads_the_cache_state():
     assert run.suite_mode(dict(state, state="warm", zoo_runs=24, generator_runs=30)) == "warm"
     assert run.suite_mode(dict(state, state="warm", zoo_runs=24)) == "partial"
     assert run.suite_mode(dict(state, state="partial", zoo_runs=3, generator_runs=2)) == "partial"
+
+
+def test_metrics_diff_finds_a_moved_number_and_sets_timings_apart(tmp_path):
+    from llgbm.notebook import diff
+    for side, acc, secs in (("a", 0.5, 10.0), ("b", 0.5 + 1e-12, 99.0)):
+        (tmp_path / side / "00_baseline").mkdir(parents=True)
+        (tmp_path / side / "00_baseline" / "metrics.json").write_text(json.dumps(
+            dict(teacher_acc_mean=acc, generation_seconds=secs, n_tasks=24, nan_metric=float("nan"))))
+    res = diff.diff_metrics(tmp_path / "a", tmp_path / "b")
+    assert res["changed"] == [] and res["timing"] == [("00_baseline", "generation_seconds")] and res["compared"] == 3
+    assert diff.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    (tmp_path / "b" / "00_baseline" / "metrics.json").write_text(json.dumps(dict(teacher_acc_mean=0.51, n_tasks=24)))
+    res = diff.diff_metrics(tmp_path / "a", tmp_path / "b")
+    assert res["changed"] == [("00_baseline", "teacher_acc_mean", 0.5, 0.51)]
+    assert ("00_baseline", "nan_metric") in res["only_a"]
+    assert diff.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1

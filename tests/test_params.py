@@ -2,7 +2,7 @@
 and what is allowed."""
 import pytest
 
-from llgbm.params import ParameterError, check_params
+from llgbm.notebook.params import ParameterError, check_params
 
 
 @pytest.mark.parametrize("params, message", [
@@ -11,8 +11,8 @@ from llgbm.params import ParameterError, check_params
     (dict(n_timing=0), "parameter n_timing=0"),
     (dict(seed=-1), "parameter seed=-1: expected an integer ≥ 0"),
     (dict(seeds=[0, "one"]), "parameter seeds"),
-    (dict(objectives=["weight", "behaviour"]), "unknown value(s) ['behaviour']; allowed: weight, multitask, delta"),
-    (dict(tasks=["add_1", "no_such_task"]), "unknown value(s) ['no_such_task']"),
+    (dict(objectives=["weight", "behaviour"]), "unknown value(s) of parameter objectives ['behaviour']; known: weight, multitask, delta"),
+    (dict(tasks=["add_1", "no_such_task"]), "unknown value(s) of parameter tasks ['no_such_task']"),
     (dict(ratios=[0.2, 1.5]), "parameter ratios"),
     (dict(epochs=3), "unknown parameter 'epochs'"),
 ])
@@ -31,7 +31,8 @@ def test_good_values_pass_unchanged():
 @pytest.mark.notebook
 def test_papermill_with_a_bad_profile_stops_in_the_check_cell(tmp_path, monkeypatch, real_home):
     import papermill as pm
-    from llgbm import run
+
+    from llgbm.notebook import run
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path / "reports"))
     with pytest.raises(pm.PapermillExecutionError) as err:
         run.run_notebook(run.NOTEBOOKS / "02_dataset.ipynb", "bogus", timeout=120)

@@ -1,7 +1,7 @@
 import pytest
 
-from llgbm import tasks
-from llgbm.probes import create_domain_probes, create_generic_probes
+from llgbm.core import tasks
+from llgbm.delta.probes import create_domain_probes, create_generic_probes
 
 
 def test_suite_size_and_families():

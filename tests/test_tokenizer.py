@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llgbm.models import model_config
-from llgbm.tokenizer import LoraLayout, LoRATokenizer2D
+from llgbm.core.models import model_config
+from llgbm.generator.tokenizer import LoraLayout, LoRATokenizer2D
 
 
 def _random_state(layout, seed=0):
@@ -43,7 +43,8 @@ def test_dnd_reference_layout():
 
 
 def test_layout_matches_a_real_peft_adapter(tiny, lab_home):
-    from llgbm import lora, zoo
+    from llgbm.core import lora
+    from llgbm.teachers import zoo
     model, tok = tiny
     rec = zoo.train_teacher(model, tok, "add_1", 0, zoo.ZooConfig.preset("smoke", steps=2, n_checkpoints=1,
                             eval_items=2), lab_home / "zoo", progress=False)

@@ -9,11 +9,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from llgbm import baselines, generate, outputs, tasks, training, zeroshot, zeroshot_ledger
-from llgbm.dataset import GeneratorData, condition_texts
-from llgbm.experiment import GeneratorLab
-from llgbm.generator import HyperConvGenerator
-from llgbm.zoo import ZooConfig
+from llgbm.core import tasks
+from llgbm.generator import losses, sample, supervision
+from llgbm.generator import train as training
+from llgbm.generator.dataset import GeneratorData, condition_texts
+from llgbm.generator.network import HyperConvGenerator
+from llgbm.lab import baselines, generate, zeroshot
+from llgbm.lab.experiment import GeneratorLab
+from llgbm.lab.ledgers import zeroshot as zeroshot_ledger
+from llgbm.teachers.zoo import ZooConfig
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def test_kd_loss_equals_a_hand_computed_kl_on_a_toy_vocabulary():
     # k = vocabulary: the exact KL(teacher ‖ student)
     full = (p * (p.log() - logq)).sum(-1).mean()
     lp, idx = F.log_softmax(t_logits, -1).topk(6, -1)
-    assert outputs.kd_loss(logq, lp, idx).item() == pytest.approx(full.item(), rel=1e-5)
+    assert supervision.kd_loss(logq, lp, idx).item() == pytest.approx(full.item(), rel=1e-5)
     # k = 2: KL between the distributions coarsened to {top-1, top-2, the rest}, written out by hand
     lp2, idx2 = F.log_softmax(t_logits, -1).topk(2, -1)
     q = logq.exp()
@@ -42,15 +46,15 @@ def test_kd_loss_equals_a_hand_computed_kl_on_a_toy_vocabulary():
         a, b = idx2[i].tolist()
         pr, qr = 1 - p[i, a] - p[i, b], 1 - q[i, a] - q[i, b]
         by_hand.append(p[i, a] * torch.log(p[i, a] / q[i, a]) + p[i, b] * torch.log(p[i, b] / q[i, b]) + pr * torch.log(pr / qr))
-    assert outputs.kd_loss(logq, lp2, idx2).item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-4)
-    assert outputs.kd_loss(logq, lp2, idx2).item() <= full.item() + 1e-6      # coarsening never raises a KL
-    assert outputs.kd_loss(F.log_softmax(t_logits, -1), lp, idx).item() == pytest.approx(0.0, abs=1e-6)
+    assert supervision.kd_loss(logq, lp2, idx2).item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-4)
+    assert supervision.kd_loss(logq, lp2, idx2).item() <= full.item() + 1e-6      # coarsening never raises a KL
+    assert supervision.kd_loss(F.log_softmax(t_logits, -1), lp, idx).item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------ the teacher-output cache
 
 def test_teacher_output_cache_is_content_keyed_and_crash_safe(tmp_path):
-    cache = outputs.TeacherOutputCache("model-a", top_k=2, root=tmp_path)
+    cache = supervision.TeacherOutputCache("model-a", top_k=2, root=tmp_path)
     entry = dict(logp=torch.log(torch.tensor([[0.5, 0.25]])), index=torch.tensor([[3, 1]], dtype=torch.int32),
                  offsets=torch.tensor([0, 1]))
     calls = []
@@ -64,8 +68,8 @@ def test_teacher_output_cache_is_content_keyed_and_crash_safe(tmp_path):
     assert TeacherOutputCacheMass(again) == pytest.approx(0.75)
     # another teacher, another example pool, another k or another base model: new entries
     paths = {cache.path("hash1", "ex1"), cache.path("hash2", "ex1"), cache.path("hash1", "ex2"),
-             outputs.TeacherOutputCache("model-a", 3, tmp_path).path("hash1", "ex1"),
-             outputs.TeacherOutputCache("model-b", 2, tmp_path).path("hash1", "ex1")}
+             supervision.TeacherOutputCache("model-a", 3, tmp_path).path("hash1", "ex1"),
+             supervision.TeacherOutputCache("model-b", 2, tmp_path).path("hash1", "ex1")}
     assert len(paths) == 5
     # a computation that dies leaves nothing behind (and the earlier entry intact)
 
@@ -82,7 +86,7 @@ def test_teacher_output_cache_is_content_keyed_and_crash_safe(tmp_path):
 
 
 def TeacherOutputCacheMass(entry):
-    return outputs.TeacherOutputCache.mass(entry)
+    return supervision.TeacherOutputCache.mass(entry)
 
 
 def test_teacher_outputs_match_the_teacher_model(lab):
@@ -91,9 +95,9 @@ def test_teacher_outputs_match_the_teacher_model(lab):
     entry = sup.teacher(row)
     encoded = sup.pool.encoded[row["task"]]
     assert len(entry["offsets"]) == len(encoded) + 1 and int(entry["offsets"][-1]) == len(entry["logp"])
-    from llgbm.lora import lora_applied
+    from llgbm.core.lora import lora_applied
     with torch.no_grad(), lora_applied(lab.model, lab.root / row["path"]) as m:
-        lp = outputs.answer_logprobs(m, sup.pool.batch([(row["task"], np.arange(len(encoded)))]))
+        lp = supervision.answer_logprobs(m, sup.pool.batch([(row["task"], np.arange(len(encoded)))]))
     v, i = lp.topk(sup.cache.top_k, -1)
     assert torch.allclose(entry["logp"], v, atol=1e-5) and torch.equal(entry["index"].long(), i)
 
@@ -111,9 +115,9 @@ def test_phase6_objectives_and_old_run_keys():
     assert key == dict(batch_size=4, warmup=10, weight_decay=1e-4, clip_norm=1.0, lambda_w=0.0, lambda_d=1.0, lr=1e-4)
     assert training.TrainingConfig.preset("quick", "sft").run_key()["lambda_sft"] == 1.0
     with pytest.raises(ValueError, match="not all 0"):
-        training.MultiTaskLoss(0.0, 0.0, lambda_kd=0.0, lambda_sft=0.0)
+        losses.MultiTaskLoss(0.0, 0.0, lambda_kd=0.0, lambda_sft=0.0)
     with pytest.raises(ValueError, match="needs the sft loss"):
-        training.MultiTaskLoss(0.0, 0.0, lambda_sft=1.0)(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2))
+        losses.MultiTaskLoss(0.0, 0.0, lambda_sft=1.0)(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2))
     assert training.TrainingConfig.preset("quick").eval_items * 8 >= 512
 
 
@@ -234,15 +238,15 @@ def test_ledger_metrics_and_verdict_from_synthetic_scores():
     evals |= {(m, 0): scores[m] for m in ("base", "teacher")}
     T = zeroshot_ledger.method_keys(zeroshot_ledger.methods_table(evals, ref, held).rename(index=zeroshot_ledger.METHODS))
     best = zeroshot_ledger.best_generator(T)
-    assert best == "kd" and T.loc["kd", "gap rec. gold log-lik"] == pytest.approx(0.6, abs=0.02)
+    assert best == "kd" and T.loc["kd", "gap_loglik"] == pytest.approx(0.6, abs=0.02)
     tests = zeroshot_ledger.paired_table(evals, held, best)
     cost = pd.DataFrame({"prompt tokens per item": [110.0, 18.0], "items/s": [3.6, 14.8]}, index=["few-shot prompting", "generated adapter (merged)"])
-    scale = pd.DataFrame({"training tasks": [4, 8], "gap recovery (log-lik)": [-1.0, 0.2]})
-    user = pd.DataFrame({"exact match": [0.0, 0.25]}, index=["base", "generated adapter"])
+    scale = pd.DataFrame({"training tasks": [4, 8], "seed_gap_loglik": [-1.0, 0.2]})
+    user = pd.DataFrame({"exact_match": [0.0, 0.25]}, index=["base", "generated adapter"])
     zcfg = zeroshot.ZeroShotConfig.preset("smoke")
     train_s = dict(generator_train_seconds=1800.0, multitask_lora_train_seconds=600.0)
     m = zeroshot_ledger.run_metrics(T, tests, cost, best, scale, n_items=100, n_seeds=2, zcfg=zcfg, kd_mass=0.9, user=user, train_seconds=train_s)
-    assert m["best_gap_recovery"] == T.loc["kd", "gap rec. gold log-lik"] and m["user_task_acc_generated"] == 0.25
+    assert m["best_gap_recovery"] == T.loc["kd", "gap_loglik"] and m["user_task_acc_generated"] == 0.25
     assert m["scaling_gap_recovery_smallest"] == -1.0 and m["prompt_tokens_icl"] == 110.0 and m["labeled_minus_icl_loglik"] < 0
     text = zeroshot_ledger.full_verdict(T, tests, cost, best, scale, n_items=100, weight_steps=zcfg.weight_steps, top_k=8,
                                         kd_mass=0.9, train_seconds=train_s, budget_seconds=20 * 60)
@@ -258,9 +262,9 @@ def test_generate_writes_a_peft_folder_with_the_in_memory_logits(lab, tmp_path):
     meta = json.loads((out / "llgbm_generation.json").read_text())
     assert meta["base_model"] == lab.model_name and meta["task"] == "add_3"
     res = lab.train("weight", 0, progress=False)
-    state = lab.lora_tokenizer.detokenize(generate.generate_tokens(res.generator, lab.encoder, tasks.get_task("add_3").prompts()))
+    state = lab.lora_tokenizer.detokenize(sample.generate_tokens(res.generator, lab.encoder, tasks.get_task("add_3").prompts()))
     ids = lab.tokenizer(["Add 3 to the number.\nInput: 12\nOutput:"], return_tensors="pt").input_ids
-    from llgbm.lora import lora_applied
+    from llgbm.core.lora import lora_applied
     with torch.no_grad(), lora_applied(lab.model, state, lab.zoo_cfg.lora_config()) as m:
         expected = m(ids).logits
     peft_model = PeftModel.from_pretrained(lab.model, str(out))

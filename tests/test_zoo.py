@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llgbm import bench, lora, tasks, teacher, zoo
+from llgbm.core import lora, tasks, timing
+from llgbm.teachers import run, zoo
 
 CFG = zoo.ZooConfig.preset("smoke", steps=6, save_every=2, n_checkpoints=2, eval_items=4)
 
@@ -45,8 +46,8 @@ def test_resume_reproduces_the_uninterrupted_run_without_repeating_steps(tiny, l
     assert zoo.train_teacher(model, tok, "add_1", 0, CFG, lab_home / "b", stop_after=3, progress=False) is None
     assert (lab_home / "b" / "add_1" / "seed0" / "state.safetensors").exists()
     calls = []
-    real = teacher.target_logprobs
-    monkeypatch.setattr(teacher, "target_logprobs", lambda *a: calls.append(1) or real(*a))
+    real = run.target_logprobs
+    monkeypatch.setattr(run, "target_logprobs", lambda *a: calls.append(1) or real(*a))
     resumed = zoo.train_teacher(model, tok, "add_1", 0, CFG, lab_home / "b", progress=False)
     assert len(calls) == CFG.steps - 3                      # only the missing steps ran
     assert resumed["losses"] == pytest.approx(ref["losses"], rel=1e-4)
@@ -93,19 +94,20 @@ def test_user_task_runs_through_the_zoo(tiny, lab_home):
 def test_flops_count_matches_the_real_models_linear_layers(real_home):
     """The FLOP count is checked against the parameters of the built model, counted module by module."""
     import torch.nn as nn
-    from llgbm.models import load_model
+
+    from llgbm.core.models import load_model
     bodies = {}
     for name in ("smollm2", "tiny"):
         model, _ = load_model(name, device="cpu")
         body = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
         head = model.lm_head.weight.numel()
-        assert bench.body_params(model.config) == body
-        assert bench.training_flops_per_token(model.config, 0.0) == 4 * body
-        assert bench.training_flops_per_token(model.config, 0.25) == pytest.approx(4 * body + 4 * head * 0.25)
+        assert timing.body_params(model.config) == body
+        assert timing.training_flops_per_token(model.config, 0.0) == 4 * body
+        assert timing.training_flops_per_token(model.config, 0.25) == pytest.approx(4 * body + 4 * head * 0.25)
         bodies[name] = body
     assert 100e6 < bodies["smollm2"] < 110e6           # ~106M non-embedding parameters
     with pytest.raises(ValueError, match="share of tokens"):
-        bench.training_flops_per_token(model.config, 1.5)
+        timing.training_flops_per_token(model.config, 1.5)
 
 
 def test_a_run_trained_under_another_config_is_refused_not_reused(tiny, lab_home):
@@ -121,14 +123,14 @@ def test_a_run_trained_under_another_config_is_refused_not_reused(tiny, lab_home
 
 
 def test_matmul_peak_is_a_plausible_measurement():
-    peak = bench.measure_matmul_peak(n=256, repeats=2, trials=2)
+    peak = timing.measure_matmul_peak(n=256, repeats=2, trials=2)
     assert 1e8 < peak < 1e14          # between a slow phone and a large GPU, in FLOP/s
 
 
 def test_throughput_uses_the_peak_measured_when_the_zoo_trained(tiny, lab_home, monkeypatch):
     model, tok = tiny
     measured = []
-    real = bench.measure_matmul_peak
+    real = timing.measure_matmul_peak
     monkeypatch.setattr(zoo, "measure_matmul_peak", lambda: measured.append(real(n=256, repeats=2, trials=2)) or measured[-1])
     cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1", "add_3"), steps=2, n_checkpoints=1, eval_items=2)
     recs = zoo.build_zoo(model, tok, cfg, lab_home / "z", progress=False)
@@ -145,7 +147,8 @@ def test_throughput_uses_the_peak_measured_when_the_zoo_trained(tiny, lab_home, 
 
 _TRAIN_ONE = """
 import json, sys
-from llgbm import models, zoo
+from llgbm.core import models
+from llgbm.teachers import zoo
 model, tok = models.load_model("tiny", device="cpu")
 cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=3, n_checkpoints=1, eval_items=2)
 root = zoo.zoo_dir("smoke", "tiny", cfg)
@@ -170,7 +173,7 @@ def test_the_same_teacher_trained_in_two_processes_gets_the_same_hash(lab_home, 
         assert out.returncode == 0, out.stderr[-2000:]
         result = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(dict(result["rows"][0], folder=Path(result["root"]) / result["rows"][0]["path"]))
-    assert rows[0]["hash"] == rows[1]["hash"] and rows[0]["hash_version"] == zoo.HASH_VERSION
+    assert rows[0]["hash"] == rows[1]["hash"] and rows[0]["hash_version"] == run.HASH_VERSION
     folders = [r["folder"] for r in rows]
     assert str(tmp_path / "home0") in str(folders[0]) and str(tmp_path / "home1") in str(folders[1])
     configs = [json.loads((f / "adapter_config.json").read_text()) for f in folders]
@@ -190,7 +193,25 @@ def test_manifest_rehashes_records_written_before_canonical_hashing(tiny, lab_ho
     del record["checkpoints"][0]["hash_version"]
     record_path.write_text(json.dumps(record))
     assert zoo.write_manifest(root)[0]["hash"] == canonical
-    assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == zoo.HASH_VERSION
+    assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == run.HASH_VERSION
+
+
+def test_loading_the_zoo_writes_nothing(tiny, lab_home):
+    """load_manifest reads: an old record is re-hashed in memory, and no file changes (only builders write)."""
+    model, tok = tiny
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=2, n_checkpoints=1, eval_items=2)
+    root = lab_home / "z"
+    zoo.build_zoo(model, tok, cfg, root, progress=False)
+    record_path = root / "add_1" / "seed0" / "run.json"
+    record = json.loads(record_path.read_text())
+    canonical = record["checkpoints"][0]["hash"]
+    del record["checkpoints"][0]["hash_version"]
+    record_path.write_text(json.dumps(record))
+    (root / "manifest.json").unlink()
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+    _, _, rows = zoo.load_manifest("smoke", "tiny", cfg, root=root)
+    assert rows[0]["hash"] == canonical and rows[0]["hash_version"] == run.HASH_VERSION
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()} == before
 
 
 def test_zoo_runs_split_into_disjoint_balanced_shares():
@@ -208,7 +229,8 @@ def test_zoo_runs_split_into_disjoint_balanced_shares():
 
 _PARTIAL = """
 import sys
-from llgbm import models, zoo
+from llgbm.core import models
+from llgbm.teachers import zoo
 model, tok = models.load_model("tiny", device="cpu")
 cfg = zoo.ZooConfig.preset("smoke")
 assert zoo.train_teacher(model, tok, "add_1", 0, cfg, __import__("pathlib").Path(sys.argv[1]), stop_after=3,
@@ -262,7 +284,8 @@ def test_readme_ddp_command_builds_the_zoo_in_an_empty_cache(lab_home, tmp_path)
     import shlex
     import subprocess
     import sys
-    from llgbm.utils import REPO_ROOT
+
+    from llgbm.core.utils import REPO_ROOT
     readme = " ".join((REPO_ROOT / "README.md").read_text().split())
     commands = re.findall(r"`(accelerate launch [^`]*-m llgbm\.ddp[^`]*)`", readme)
     assert len(commands) == 1, commands
@@ -291,7 +314,7 @@ def test_missing_runs_extends_the_profiles_zoo_but_never_a_foreign_one(tiny, lab
 
 
 def test_packing_lays_examples_end_to_end_with_restarting_positions():
-    from llgbm import packing
+    from llgbm.teachers import packing
     ex = [[([1, 2], [3]), ([4], [5, 6])], [([7, 8, 9], [10])]]
     b = packing.pack(ex, row_len=6, pad_id=0)
     assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]]
@@ -304,12 +327,13 @@ def test_packing_lays_examples_end_to_end_with_restarting_positions():
 def test_packed_logprobs_equal_padded_ones(tiny):
     """The packed-sequence mask keeps examples apart: each example's answer log-probs match the
     right-padded batch's."""
-    from llgbm import evaluation, packing
+    from llgbm.eval import scoring
+    from llgbm.teachers import packing
     model, tok = tiny
     task = tasks.get_task("add_1")
-    enc = evaluation.encode_pairs(tok, task, task.train[:6])
+    enc = scoring.encode_pairs(tok, task, task.train[:6])
     with torch.no_grad():
-        padded = evaluation.target_logprobs(model, evaluation.build_batch(enc, tok.pad_token_id))
+        padded = scoring.target_logprobs(model, scoring.build_batch(enc, tok.pad_token_id))
         batch = packing.pack([enc[:3], enc[3:]], row_len=48, pad_id=tok.pad_token_id)
         losses = packing.packed_losses(model, batch, 2)
     parts = torch.split(padded, [len(t) for _, t in enc])
@@ -327,7 +351,7 @@ def test_teachers_trained_in_a_pack_match_their_solo_runs(tiny, lab_home):
     packed_cfg = zoo.ZooConfig.preset("smoke", lr=1e-2, eval_items=4, pack=4, pack_len=64)
     assert packed_cfg.training_key() == solo_cfg.training_key()          # packing is how, not what
     runs = zoo.zoo_runs(packed_cfg)
-    assert zoo.train_packed(model, tok, runs, packed_cfg, lab_home / "packed", progress=False, stop_after=3) is None
+    assert run.train_packed(model, tok, runs, packed_cfg, lab_home / "packed", progress=False, stop_after=3) is None
     packed = zoo.build_zoo(model, tok, packed_cfg, lab_home / "packed", progress=False)   # resumes the pack
     assert not any("lora" in n for n, _ in model.named_modules())
     for a, b in zip(solo, packed):

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
     if args.verb == "verify":
-        from .host import GeometricLlama
+        from .host import GeometricLlama  # lazy: fast --help (defers torch)
         conf = yaml.safe_load(open(args.config))
         if not isinstance(conf, dict) or "model" not in conf:
             print(f"{args.config}: expected a YAML mapping with a `model:` section (the seed's layout)", file=sys.stderr)
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{parts['modulation'] / 1e6:.1f}M of coordinate modulation alone, and untied embeddings and output "
               f"of {parts['embeddings'] / 1e6:.1f}M each.")
         return 0
-    from geomlib.lm_eval import pydoc_corpus
+    from llgbm.eval.lm import pydoc_corpus  # lazy: fast --help (defers torch)
 
-    from . import lab
+    from . import lab  # lazy: fast --help (defers torch)
     cfg = lab.ScratchConfig.preset(args.profile)
     tokenizer = "tiny" if args.profile == "smoke" else "smollm2"
     if args.verb == "train":
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GeometricLlama ({res['params']['total']:,} parameters): validation loss {res['val_loss']:.3f} nats "
               f"after {cfg.steps} steps; checkpoint {lab.scratch_dir('geometric', cfg, len(corpus['vocab'])) / 'checkpoint'}")
         return 0
-    from llgbm.models import load_tokenizer
+    from llgbm.core.models import load_tokenizer  # lazy: fast --help (defers torch)
 
-    from .generation import GenerationConfig, GeometricGenerator
+    from .generation import GenerationConfig, GeometricGenerator  # lazy: fast --help (defers torch)
     tok = load_tokenizer(tokenizer)
     path = args.checkpoint
     if path is None:

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 
-from llgbm.evaluation import build_batch, encode_pairs, evaluate_adapter, greedy_answers, target_logprobs
-from llgbm.tasks import get_task
-from llgbm.utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
+from llgbm.core.lora import LORA_TARGETS
+from llgbm.core.tasks import get_task
+from llgbm.core.utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
+from llgbm.eval.scoring import build_batch, encode_pairs, evaluate_adapter, greedy_answers, target_logprobs
 
 from .host import CoordinateConfig, modulate
 
@@ -54,7 +55,6 @@ class CLConfig:
                                 init="zero", pooling="causal", predictor_hidden=self.predictor_hidden, num_tasks=num_tasks)
 
     def lora_config(self) -> LoraConfig:
-        from llgbm.lora import LORA_TARGETS
         return LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, target_modules=list(LORA_TARGETS),
                           lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
@@ -244,14 +244,3 @@ def acc_bwt_ci(runs: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str,
     lo, hi = np.quantile(np.array(boots), [0.025, 0.975], axis=0)
     return dict(acc=float(acc), acc_ci_low=float(lo[0]), acc_ci_high=float(hi[0]), bwt=float(bwt),
                 bwt_ci_low=float(lo[1]), bwt_ci_high=float(hi[1]))
-
-
-def zoo_teachers(profile: str, model_name: str, tasks: tuple[str, ...]) -> dict[str, str]:
-    """{task: the folder of its seed-0 teacher's last checkpoint} from the profile's finished zoo."""
-    from llgbm import zoo
-    _, root, manifest = zoo.load_manifest(profile, model_name)
-    out = {}
-    for row in sorted(manifest, key=lambda r: (r["task"], r["seed"], r["step"])):
-        if row["task"] in tasks and row["seed"] == 0:
-            out[row["task"]] = str(root / row["path"])
-    return out

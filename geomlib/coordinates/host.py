@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llgbm.core.utils import check_known
+
 from .modulation import POOLING, CoordinateModulatedLinear, CoordinatePredictor, PrefixMean
 
 # The seed's code modulates Q, K, V with 16 wavelets each and the FFN gate with 32 (its config's
@@ -41,10 +43,7 @@ class CoordinateConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoordinateConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown coordinate option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        check_known(d, [f.name for f in fields(cls)], "coordinate option(s)")
         d = dict(d)
         if "wavelets" in d and isinstance(d["wavelets"], dict):
             d["wavelets"] = tuple(d["wavelets"].items())
@@ -192,12 +191,8 @@ def GeometricLlama(config: dict, pooling: str = "causal", modulated: bool = True
     from transformers import LlamaConfig, LlamaForCausalLM
     for section, keys in (("base_architecture", BASE_KEYS), ("coordinate_system", COORD_KEYS),
                           ("coordinate_predictor", PRED_KEYS)):
-        unknown = set(config.get(section, {})) - keys
-        if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)} in {section}; known: {', '.join(sorted(keys))}")
-    unknown = set(config) - set(SEED_CONFIG)
-    if unknown:
-        raise ValueError(f"unknown section(s) {sorted(unknown)}; known: {', '.join(SEED_CONFIG)}")
+        check_known(config.get(section, {}), keys, f"key(s) in {section}:")
+    check_known(config, SEED_CONFIG, "section(s)")
     b = {**SEED_CONFIG["base_architecture"], **config.get("base_architecture", {})}
     c = {**SEED_CONFIG["coordinate_system"], **config.get("coordinate_system", {})}
     p = {**SEED_CONFIG["coordinate_predictor"], **config.get("coordinate_predictor", {})}
@@ -208,9 +203,7 @@ def GeometricLlama(config: dict, pooling: str = "causal", modulated: bool = True
                                       initializer_range=0.02))
     if not modulated:
         return lm
-    unknown = set(c["target_matrices"]) - set(TARGETS)
-    if unknown:
-        raise ValueError(f"unknown target matrices {sorted(unknown)}; the seed modulates {', '.join(TARGETS)}")
+    check_known(c["target_matrices"], TARGETS, "target matrices (the seed modulates these)")
     wavelets = tuple((TARGETS[t], SEED_WAVELETS[TARGETS[t]]) for t in c["target_matrices"])
     coord_overrides.setdefault("init", "seed")
     cfg = CoordinateConfig(num_coordinates=c["num_coordinates"], modulation_rank=c["modulation_rank"], wavelets=wavelets,

@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from llgbm.bench import median_time
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, seed_everything
+from llgbm.core.stats import cosine_silhouette
+from llgbm.core.tasks import get_task
+from llgbm.core.timing import median_time
+from llgbm.core.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, seed_everything
+from llgbm.eval.lm import random_windows
 
-from geomlib.lm_eval import random_windows
-from .host import GeometricLlama
-from .training import CurriculumScheduler, load_checkpoint, make_optimizer, save_checkpoint, set_learning_rates
+from .host import SEED_CONFIG, GeometricLlama
+from .training import CurriculumScheduler, checkpoint_state, load_checkpoint, make_optimizer, save_checkpoint, set_learning_rates
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,10 @@ def scratch_dir(kind: str, cfg: ScratchConfig, vocab_size: int):
 
 def load_trained(path) -> tuple:
     """(model, the corpus vocabulary as original token ids, its state) from a train_scratch checkpoint."""
-    from pathlib import Path
-    state_path = Path(path) / "state.json"
-    if not state_path.exists():
-        raise FileNotFoundError(f"no trained GeometricLlama at {path}: run notebook 12 or `python -m geomlib.coordinates train` first")
-    state = json.loads(state_path.read_text())
+    try:
+        state = checkpoint_state(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no trained GeometricLlama at {path}: run notebook 12 or `python -m geomlib.coordinates train` first") from None
     model = GeometricLlama(state["config"], pooling="sequence" if state["kind"].startswith("leaky") else "causal",
                            modulated=state["kind"] != "plain", init="zero" if state["kind"].endswith("zero_init") else "seed")
     load_checkpoint(path, model)
@@ -186,8 +187,6 @@ def theta_map(run: dict, tasks: tuple[str, ...]):
     import pandas as pd
     from sklearn.decomposition import PCA
 
-    from llgbm.stats import cosine_silhouette
-    from llgbm.tasks import get_task
     X = np.asarray(run["theta_test"])
     task = [tasks[i] for i in run["theta_labels"]]
     family = [get_task(t).family for t in task]
@@ -243,7 +242,6 @@ def theta_figure(proj, silhouette_family: float):
 
 def parameter_metrics(scratch: dict[str, dict]) -> dict[str, int]:
     """What the seed's "10M" config builds (counted on the meta device) and the two from-scratch models."""
-    from .host import SEED_CONFIG
     with torch.device("meta"):
         seed = GeometricLlama(SEED_CONFIG).parameter_breakdown()
     return dict(params_seed_config=seed["total"], params_seed_modulation=seed["modulation"],

@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
 
-from llgbm.utils import adam_state_tensors, atomic_dir, load_adam_state
+from llgbm.core import checkpoint
+
+CHECKPOINT = "checkpoint.safetensors"
 
 PHASES = ("primitive_differentiation", "compositional_blending", "conversational_dynamics")
 README_BOUNDARIES = (0.2, 0.6)               # "0-20%, 20-60%, 60-100%"
@@ -82,19 +83,27 @@ def set_learning_rates(opt, rates: dict[str, float]) -> None:
 
 
 def save_checkpoint(path: Path | str, host, opt, step: int, extra: dict | None = None) -> None:
-    params = [p for g in opt.param_groups for p in g["params"]]
-    with atomic_dir(path) as tmp:
-        save_model(host, str(tmp / "model.safetensors"))          # handles tied embeddings
-        save_file(adam_state_tensors(opt, params), tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps(dict(step=step, **(extra or {}))))
+    """A checkpoint folder holding one file (`llgbm.core.checkpoint`): the weights (tied ones once),
+    the AdamW state, `step` and `extra`."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    checkpoint.save(Path(path) / CHECKPOINT, dict(step=step, **(extra or {})), model=host, opt=opt)
+
+
+def checkpoint_state(path: Path | str) -> dict:
+    """The JSON state of the checkpoint folder `path` without loading its weights."""
+    path = Path(path)
+    if (path / CHECKPOINT).exists():
+        return checkpoint.read_state(path / CHECKPOINT)
+    if (path / "state.json").exists():                 # the layout before llgbm.core.checkpoint
+        return json.loads((path / "state.json").read_text())
+    raise FileNotFoundError(f"no checkpoint at {path} (expected {CHECKPOINT})")
 
 
 def load_checkpoint(path: Path | str, host, opt=None) -> dict:
     """Weights into `host` and, when an optimizer is given (to resume training), its AdamW state."""
     path = Path(path)
-    if not (path / "state.json").exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected state.json, model.safetensors, optimizer.safetensors)")
-    load_model(host, str(path / "model.safetensors"))
-    if opt is not None:
-        load_adam_state(opt, [p for g in opt.param_groups for p in g["params"]], load_file(path / "optimizer.safetensors"))
-    return json.loads((path / "state.json").read_text())
+    if (path / CHECKPOINT).exists():
+        return checkpoint.load(path / CHECKPOINT, model=host, opt=opt)[1]
+    if (path / "state.json").exists():                 # the layout before llgbm.core.checkpoint
+        return checkpoint.load_legacy_folder(path, model=host, opt=opt)[1]
+    raise FileNotFoundError(f"no checkpoint at {path} (expected {CHECKPOINT})")

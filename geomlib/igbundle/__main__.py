@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
 
-    from . import host
+    from . import host  # lazy: fast --help (defers torch)
     if args.verb == "verify":
         try:
             meta = host.verify(args.checkpoint)
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint OK: {args.checkpoint} ({meta['kind']}, {len(meta['shapes'])} tensors, all finite, shapes as listed)")
         return 0
     if args.verb == "train":
-        from llgbm.bench import rss_mb
+        from llgbm.core.timing import rss_mb  # lazy: fast --help (defers torch)
 
-        from .train import IGTrainConfig, train
+        from .train import IGTrainConfig, train  # lazy: fast --help (defers torch)
         rss_imports = rss_mb()              # after the imports, before the model: what training itself adds is above it
         overrides = {k: v for k, v in dict(max_steps=args.max_steps, output_dir=args.output_dir).items() if v is not None}
         cfg = IGTrainConfig.from_yaml(args.config, **overrides)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.report).write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
         return 0
-    from .app import load_checkpoint, serve, validate
+    from .app import load_checkpoint, serve, validate  # lazy: fast --help (defers torch)
     model, tok, _ = load_checkpoint(args.checkpoint)
     if args.verb == "validate":
         out = validate(model, tok)

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llgbm.core.utils import check_known
+
 SHEAF_MODES = ("off", "faithful", "normalised")
 
 
@@ -69,10 +71,7 @@ class IGBundleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "IGBundleConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown IGBundle config key(s) {unknown}; known: {', '.join(sorted(known))}")
+        check_known(d, cls.__dataclass_fields__, "IGBundle config key(s)")
         return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in d.items()})
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from llgbm import models
+from llgbm.core import models
 
 from . import host as hosting
 

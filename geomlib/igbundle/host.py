@@ -20,8 +20,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llgbm.lora import ADAPTER_FILE, check_finite
-from llgbm.utils import atomic_dir
+from llgbm.core.lora import ADAPTER_FILE, check_finite
+from llgbm.core.utils import atomic_dir
 
 from .adapter import HoulsbyAdapter, IGBundleAdapter, IGBundleConfig, sheaf_loss
 

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llgbm import models
-from llgbm.evaluation import evaluate_task
-from llgbm.tasks import get_task
-from llgbm.utils import atomic_write_json, check_profile, config_hash, llgbm_home
+from llgbm.core import cache, models
+from llgbm.core.stats import pooled
+from llgbm.core.tasks import get_task
+from llgbm.core.utils import check_profile, config_hash, llgbm_home, preset_config
+from llgbm.eval.scoring import evaluate_task
 
-from .adapter import IGBundleConfig, adapter_params, scaled
-from .train import IGTrainConfig, train, unload
+from . import host
+from .adapter import IGBundleConfig, NormalisedSheafLoss, SheafLoss, adapter_params, scaled
+from .train import IGTrainConfig, load_base, train, unload
 
 
 @dataclass
@@ -35,7 +37,7 @@ class IGLabConfig:
         base = {"smoke": dict(eval_items=4, seeds=(0, 1), speed_steps=2, nf4_eval_items=2),
                 "quick": dict(), "full": dict(eval_items=100, seeds=(0, 1, 2, 3, 4), ablation_seeds=(0, 1, 2),
                                               nf4_eval_items=64)}[check_profile(profile)]
-        return replace(cls(**base), **{k: v for k, v in overrides.items() if v is not None})
+        return preset_config(cls, base, overrides)
 
 
 def lora_params(model_config, rank: int) -> int:
@@ -69,24 +71,10 @@ def mixture_scores(model, tokenizer, tasks: tuple[str, ...], n_items: int) -> di
     return out
 
 
-def _read(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return {t: {k: np.asarray(v) for k, v in d.items()} for t, d in json.loads(path.read_text()).items()}
-
-
-def _write(path: Path, scores: dict) -> None:
-    atomic_write_json(path, {t: {k: np.asarray(v).tolist() for k, v in d.items()} for t, d in scores.items()})
-
-
 def base_scores(model, tokenizer, cfg: IGTrainConfig, n_items: int) -> dict[str, dict]:
     key = config_hash(dict(model=models.model_fingerprint(cfg.model), tasks=cfg.tasks, n=n_items), 16)
     path = llgbm_home() / "igbundle" / f"base-{key}.json"
-    scores = _read(path)
-    if scores is None:
-        scores = mixture_scores(model, tokenizer, cfg.tasks, n_items)
-        _write(path, scores)
-    return scores
+    return cache.arrays(cache.cached(path, lambda: mixture_scores(model, tokenizer, cfg.tasks, n_items)))
 
 
 def run(cfg: IGTrainConfig, model, tokenizer, n_items: int, progress: bool = True) -> dict:
@@ -95,10 +83,7 @@ def run(cfg: IGTrainConfig, model, tokenizer, n_items: int, progress: bool = Tru
     res = train(cfg, model, tokenizer, progress=progress)
     try:
         path = res["run_dir"] / f"eval-{n_items}-{len(res['history']['loss'])}.json"
-        scores = _read(path)
-        if scores is None:
-            scores = mixture_scores(model, tokenizer, cfg.tasks, n_items)
-            _write(path, scores)
+        scores = cache.arrays(cache.cached(path, lambda: mixture_scores(model, tokenizer, cfg.tasks, n_items)))
     finally:
         unload(model)
     h = res["history"]
@@ -108,19 +93,15 @@ def run(cfg: IGTrainConfig, model, tokenizer, n_items: int, progress: bool = Tru
 
 def nf4_scores(ckpt_run: Path, cfg: IGTrainConfig, n_items: int) -> dict[str, dict]:
     """The fp32-trained adapters of `ckpt_run` applied to an NF4 base: the quality cost of the 4-bit base."""
-    from . import host
     path = ckpt_run / f"eval-nf4-{n_items}.json"
-    scores = _read(path)
-    if scores is None:
-        from .train import load_base
+    def compute():
         model, tok = load_base(replace(cfg, load_in_4bit=True))
         last = max(ckpt_run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         meta = host.verify(last)
         host.load(model, last, meta["base_fingerprint"])
         model.eval()
-        scores = mixture_scores(model, tok, cfg.tasks, n_items)
-        _write(path, scores)
-    return scores
+        return mixture_scores(model, tok, cfg.tasks, n_items)
+    return cache.arrays(cache.cached(path, compute))
 
 
 def speed_run(cfg: IGTrainConfig, steps: int) -> dict:
@@ -162,8 +143,7 @@ def sheaf_at_init(model, tokenizer, texts: list[str]) -> dict[str, float]:
     sheaf loss and the norm of its gradient (w.r.t. adapters and patch centres), and the normalised
     loss. The adapters are attached for the measurement and removed after."""
     import torch
-    from . import host
-    from .adapter import NormalisedSheafLoss, SheafLoss
+
     torch.manual_seed(0)
     h = host.attach(model, IGBundleConfig(hidden_size=model.config.hidden_size, sheaf="faithful", dropout=0.0))
     try:
@@ -218,8 +198,8 @@ def paired_metrics(tests, pairs: dict[str, str]) -> dict[str, float]:
     out = {}
     for name, row in pairs.items():
         r = tests.loc[row]
-        out.update({f"loglik_diff_{name}": r["Δ gold log-lik"], f"loglik_diff_{name}_ci_low": r["gold log-lik CI low"],
-                    f"loglik_diff_{name}_ci_high": r["gold log-lik CI high"]})
+        out.update({f"loglik_diff_{name}": r["diff_loglik"], f"loglik_diff_{name}_ci_low": r["loglik_lo"],
+                    f"loglik_diff_{name}_ci_high": r["loglik_hi"]})
     return out
 
 
@@ -228,7 +208,7 @@ def memory_check(cfg: IGTrainConfig, fp32_run: dict, steps: int, nf4_items: int)
     process, and the fp32-trained adapter of `fp32_run` scored on an NF4 base against the same items on
     fp32. Returns (table, {fp32, nf4, acc_nf4, acc_fp32_same_items})."""
     import pandas as pd
-    from llgbm.stats import pooled
+
     fp32, nf4 = speed_run(cfg, steps), speed_run(replace(cfg, load_in_4bit=True), steps)
     tasks = list(cfg.tasks)
     acc_nf4 = pooled(nf4_scores(fp32_run["run_dir"], cfg, nf4_items), "correct", tasks).mean()

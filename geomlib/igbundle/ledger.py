@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from llgbm import compare, stats
+from llgbm.core import stats
+from llgbm.eval import compare
 
 from .lab import paired_metrics
 
@@ -17,7 +18,7 @@ def methods_table(runs: dict, base: dict, params: dict[str, int], tasks: list[st
     method's trainable parameters and median s/step, and the paired tests of PAIRS."""
     evals = {k: r["scores"] for k, r in runs.items()}
     frame = compare.seed_frame(evals | {("base", 0): base}, None, tasks)
-    summary = frame.groupby("method", sort=False)[["exact match", "gold log-lik"]].agg(["mean", "std"])
+    summary = frame.groupby("method", sort=False)[["exact_match", "gold_loglik"]].agg(["mean", "std"])
     summary.columns = [f"{metric} {stat}" for metric, stat in summary.columns]
     summary["trainable params"] = [params.get(m, 0) for m in summary.index]
     summary["s / step (median)"] = [pd.Series([r["seconds_per_step"] for (k, _), r in runs.items() if k == m]).median()
@@ -42,20 +43,20 @@ def already_trained(*grids: dict) -> tuple[int, int]:
 
 def verdicts(tests: pd.DataFrame) -> dict[str, str]:
     """"A beats B" per row of the paired tests, from both metrics' 95% CIs."""
-    return {k: stats.comparison_verdict({"exact match": (r["exact match CI low"], r["exact match CI high"]),
-                                         "gold log-lik": (r["gold log-lik CI low"], r["gold log-lik CI high"])})
+    return {k: stats.comparison_verdict({"exact match": (r["acc_lo"], r["acc_hi"]),
+                                         "gold log-lik": (r["loglik_lo"], r["loglik_hi"])})
             for k, r in tests.iterrows()}
 
 
 def metrics(summary: pd.DataFrame, tests: pd.DataFrame, params: dict[str, int], seed_params: int, init: dict,
             abl_acc: dict, mem: dict, sigma: pd.DataFrame, *, n_items: int, n_seeds: int, steps: int, seconds: float,
             already: int) -> dict[str, float]:
-    s, methods = summary["exact match mean"], list(params)
+    s, methods = summary["exact_match_mean"], list(params)
     fp32, nf4 = mem["fp32"], mem["nf4"]
     return dict(
         params_igbundle=params["igbundle"], params_lora=params["lora"], params_houlsby=params["houlsby"],
         params_igbundle_seed_defaults=seed_params, **{f"acc_{m}_mean": s[m] for m in methods},
-        **{f"loglik_{m}_mean": summary["gold log-lik mean"][m] for m in methods}, acc_base=s["base"],
+        **{f"loglik_{m}_mean": summary["gold_loglik_mean"][m] for m in methods}, acc_base=s["base"],
         **paired_metrics(tests, {"igbundle_vs_lora": "igbundle − lora", "igbundle_vs_houlsby": "igbundle − houlsby"}),
         eval_items=n_items, n_seeds=n_seeds, sheaf_faithful_value_at_init=init["faithful_value"],
         sheaf_faithful_grad_norm_at_init=init["faithful_grad_norm"], sheaf_normalised_value_at_init=init["normalised_value"],
@@ -77,8 +78,8 @@ def claims(m: dict, tests: pd.DataFrame, ablation_seeds, sigma: pd.DataFrame) ->
         ("Bundle adapters are memory efficient (~72M vs ~900M parameters)", "seed 000",
          "supported" if efficient else f"refuted (more parameters than LoRA; at LoRA's count against LoRA: {v['igbundle − lora']})",
          f"at the seed's defaults IGBundle holds {m['params_igbundle_seed_defaults'] / 1e6:.1f}M parameters on SmolLM2; at LoRA's "
-         f"count ({m['params_lora'] / 1e6:.2f}M) IGBundle − LoRA: exact match {d['Δ exact match'] * 100:+.1f} points "
-         f"[{d['exact match CI low'] * 100:+.1f}, {d['exact match CI high'] * 100:+.1f}]; peak RSS fp32 {m['peak_mem_mb_fp32']:.0f} MB "
+         f"count ({m['params_lora'] / 1e6:.2f}M) IGBundle − LoRA: exact match {d['diff_acc'] * 100:+.1f} points "
+         f"[{d['acc_lo'] * 100:+.1f}, {d['acc_hi'] * 100:+.1f}]; peak RSS fp32 {m['peak_mem_mb_fp32']:.0f} MB "
          f"vs NF4 {m['peak_mem_mb_nf4']:.0f} MB"),
         ("The sheaf loss encourages consistent geometric structures", "seed 000",
          f"refuted as written (identically zero: value {m['sheaf_faithful_value_at_init']:.1g}, gradient norm "

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from llgbm import models
-from llgbm.bench import rss_mb
-from llgbm.evaluation import build_batch, encode_pairs, target_logprobs
-from llgbm.tasks import get_task
-from llgbm.utils import (adam_state_tensors, atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home,
-                         load_adam_state, warmup_lr)
+from llgbm.core import checkpoint, models
+from llgbm.core.lora import LORA_TARGETS
+from llgbm.core.tasks import get_task
+from llgbm.core.timing import rss_mb
+from llgbm.core.utils import atomic_write_json, check_known, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
+from llgbm.eval.scoring import build_batch, encode_pairs, target_logprobs
 
 from . import host as hosting
 from .adapter import IGBundleConfig
@@ -68,17 +67,14 @@ class IGTrainConfig:
         base = {"smoke": dict(model="tiny", tasks=MIXTURE[:4], max_steps=4, per_device_train_batch_size=2, save_steps=2,
                               ig=IGBundleConfig(bottleneck_dim=16, latent_dim=8, num_categories=4)),
                 "quick": dict(), "full": dict(max_steps=300, save_steps=50)}[check_profile(profile)]
-        return replace(cls(**base), **overrides)
+        return preset_config(cls, base, overrides)
 
     @classmethod
     def from_yaml(cls, path: Path | str, **overrides) -> "IGTrainConfig":
         """The seed's YAML layout; every key must be known, and an unknown one is named."""
         import yaml
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        sections = {"base_model_id", "ig_adapter", "lora", "training", "loss", "data"}
-        unknown = sorted(set(raw) - sections)
-        if unknown:
-            raise ValueError(f"{path}: unknown top-level key(s) {unknown}; known: {', '.join(sorted(sections))}")
+        check_known(raw, ("base_model_id", "ig_adapter", "lora", "training", "loss", "data"), f"top-level key(s) in {path}:")
         ig = dict(raw.get("ig_adapter") or {})
         loss = dict(raw.get("loss") or {})
         if "lambda_glue" in loss:
@@ -89,10 +85,7 @@ class IGTrainConfig:
             ig.update(lora_r=lora.get("r"), lora_alpha=lora.get("lora_alpha", 32),
                       lora_targets=tuple(lora.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj"))))
         train = dict(raw.get("training") or {})
-        known = {f.name for f in fields(cls)} - {"ig"}
-        bad = sorted(set(train) - known)
-        if bad:
-            raise ValueError(f"{path}: unknown training key(s) {bad}; known: {', '.join(sorted(known))}")
+        check_known(train, {f.name for f in fields(cls)} - {"ig"}, f"training key(s) in {path}:")
         if "tasks" in (raw.get("data") or {}):
             train["tasks"] = tuple(raw["data"]["tasks"])
         return replace(cls(model=raw.get("base_model_id", "smollm2"), ig=IGBundleConfig.from_dict(ig), **train), **overrides)
@@ -123,7 +116,7 @@ def add_adapters(model, cfg: IGTrainConfig):
     torch.manual_seed(cfg.seed)
     if cfg.method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
-        from llgbm.lora import LORA_TARGETS
+
         model.requires_grad_(False)
         inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, target_modules=list(LORA_TARGETS),
                                            lora_dropout=0.0), model)
@@ -140,10 +133,8 @@ def _batch(encoded, n: int, seed: int, step: int, micro: int):
 
 
 def _save(run: Path, step: int, params: dict, opt, history: dict, model, base_fp: str, host, model_name: str) -> None:
-    tensors = {f"param/{n}": p.detach() for n, p in params.items()} | adam_state_tensors(opt, list(params.values()))
-    with atomic_file(run / "state.safetensors") as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    atomic_write_json(run / "trainer_state.json", dict(step=step, history=history))
+    checkpoint.save(run / "state.safetensors", dict(step=step, history=history),
+                    weights={f"param/{n}": p for n, p in params.items()}, opt=opt, params=list(params.values()))
     if host is not None:
         hosting.save(model, run / f"checkpoint-{step}", base_fp, extra=dict(step=step, model=model_name))
         for old in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
@@ -151,12 +142,12 @@ def _save(run: Path, step: int, params: dict, opt, history: dict, model, base_fp
 
 
 def _load(run: Path, params: dict, opt) -> tuple[int, dict]:
-    tensors = load_file(str(run / "state.safetensors"))
-    state = json.loads((run / "trainer_state.json").read_text())
+    weights, state = checkpoint.load(run / "state.safetensors", opt=opt, params=list(params.values()))
+    if "step" not in state:          # written before checkpoint.save, its state sat beside it
+        state = json.loads((run / "trainer_state.json").read_text())
     with torch.no_grad():
         for n, p in params.items():
-            p.copy_(tensors[f"param/{n}"])
-    load_adam_state(opt, list(params.values()), tensors)
+            p.copy_(weights[f"param/{n}"])
     return state["step"], state["history"]
 
 
@@ -172,7 +163,7 @@ def train(cfg: IGTrainConfig, model=None, tokenizer=None, progress: bool = True,
     run = cfg.run_dir()
     run.mkdir(parents=True, exist_ok=True)
     start, history = 0, {"loss": [], "sheaf": [], "sigma": [], "seconds": []}
-    if (run / "trainer_state.json").exists() and (run / "state.safetensors").exists():
+    if (run / "state.safetensors").exists():
         start, history = _load(run, params, opt)
     atomic_write_json(run / "config.json", dict(asdict(cfg), ig=cfg.ig.to_dict()))
     encoded = [e for t in cfg.tasks for e in encode_pairs(tokenizer, get_task(t), get_task(t).train)]

@@ -36,12 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from llgbm.bench import rss_mb
+    from llgbm.core.timing import rss_mb  # lazy: fast --help (defers torch)
+    from llgbm.eval.lm import pydoc_corpus  # lazy: fast --help (defers torch)
 
-    from geomlib.lm_eval import pydoc_corpus
-
-    from . import lab
-    from .model import INLConfig
+    from . import lab  # lazy: fast --help (defers torch)
+    from .model import INLConfig  # lazy: fast --help (defers torch)
     cfg = (lab.INLLabConfig(**json.loads(Path(args.lab_config).read_text())) if getattr(args, "lab_config", None)
            else lab.INLLabConfig.preset(args.profile))
     corpus = pydoc_corpus(cfg.tokenizer)

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from geomlib.lm_eval import random_windows
-from llgbm.utils import (adam_state_tensors, atomic_dir, atomic_write_json, check_profile, config_hash, json_cached,
-                         llgbm_home, load_adam_state, preset_config, seed_everything, warmup_lr)
+from llgbm.core import cache, checkpoint
+from llgbm.core.utils import check_profile, config_hash, llgbm_home, preset_config, seed_everything, warmup_lr
+from llgbm.eval.lm import random_windows
 
 from .loss import IntegratorLoss, create_cycle_scheduler
-from .model import INLConfig, IntegratorLanguageModel, size_config
+from .model import INLConfig, IntegratorLanguageModel, parameter_breakdown, size_config, transformer_like
+
+CHECKPOINT = "checkpoint.safetensors"     # a run's weights, AdamW state and history (llgbm.core.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,9 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     history, start, seconds = [], 0, 0.0
-    if save and (run / "state.json").exists():
-        state = json.loads((run / "state.json").read_text())
-        model.load_state_dict(load_file(run / "model.safetensors"))
-        load_adam_state(opt, params, load_file(run / "optimizer.safetensors"))
+    if save and ((run / CHECKPOINT).exists() or (run / "state.json").exists()):
+        state = (checkpoint.load(run / CHECKPOINT, model=model, opt=opt, params=params)[1] if (run / CHECKPOINT).exists()
+                 else checkpoint.load_legacy_folder(run, model=model, opt=opt, params=params)[1])   # the layout before it
         history, start, seconds = state["history"], state["step"], state["seconds"]
     loss_fn = IntegratorLoss.preset(cfg.loss_preset, task_loss_type="ce", variance_weighted=True)
     sched = create_cycle_scheduler(cfg.scheduler)
@@ -155,10 +155,8 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
 
 
 def _save(run: Path, model, opt, params, state: dict) -> None:
-    with atomic_dir(run) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        save_file(adam_state_tensors(opt, params), tmp / "optimizer.safetensors")
-        atomic_write_json(tmp / "state.json", state)
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(run / CHECKPOINT, state, model=model, opt=opt, params=params)
 
 
 def decode_speeds(model: IntegratorLanguageModel, prompts: torch.Tensor, new_tokens: int, repeats: int,
@@ -230,7 +228,7 @@ def cached_mode_table(run: dict, corpus: dict, cfg: INLLabConfig):
         table, iters, tol = mode_table(run["model"], corpus, cfg)
         return dict(table=table.reset_index().to_dict("records"), tol=tol, iters={m: t.tolist() for m, t in iters.items()})
 
-    saved = json_cached(Path(run["run_dir"]) / f"modes-{config_hash(key)}.json", measure)
+    saved = cache.cached(Path(run["run_dir"]) / f"modes-{config_hash(key)}.json", measure)
     return (pd.DataFrame(saved["table"]).set_index("mode"), {m: torch.tensor(t) for m, t in saved["iters"].items()},
             saved["tol"])
 
@@ -272,7 +270,6 @@ def models_for(cfg: INLLabConfig, vocab_size: int) -> dict[str, INLConfig]:
     its parameter count, that transformer with a full embedding (the embedding ablation: the
     factorisation does not touch the relaxation, and the transformer trains 2× faster here), and that
     transformer with the seed's embedding initialisation (what the init change is for)."""
-    from .model import transformer_like
     inl = size_config(cfg.size, vocab_size, dropout=cfg.dropout, embedding_init=cfg.embedding_init)
     tf = transformer_like(inl)
     return {"inl": inl, "transformer": tf, "transformer_full_embedding": replace(tf, lowrank_embeddings=False),
@@ -317,7 +314,7 @@ def embedding_to_position_ratio(cfg: INLConfig) -> dict[str, float]:
 def parts_table(configs: dict[str, INLConfig]):
     """Parameters by part (and in all) of each configured model."""
     import pandas as pd
-    from .model import parameter_breakdown
+
     rows = {}
     for name, c in configs.items():
         parts = parameter_breakdown(IntegratorLanguageModel(c))
@@ -340,7 +337,7 @@ def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig, refresh: bool 
     import pandas as pd
     models = {"inl": configs["inl"], "transformer": configs["transformer"],
               "inl + checkpointing": replace(configs["inl"], gradient_checkpointing=True)}
-    mem = {name: json_cached(llgbm_home() / "inl" / f"memory-{config_hash(dict(model=asdict(c), lab=asdict(cfg), v=1))}.json",
+    mem = {name: cache.cached(llgbm_home() / "inl" / f"memory-{config_hash(dict(model=asdict(c), lab=asdict(cfg), v=1))}.json",
                              lambda c=c: memory_run(c, cfg, cfg.memory_steps), refresh)     # once per model and settings
            for name, c in models.items()}
     return mem, pd.DataFrame(mem).T[["params", "peak_above_start_mb", "peak_rss_mb", "seconds_per_step"]]

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llgbm.core.utils import check_known
+
 # The code's defaults and the README's V2 values differ; both are named so a reader can pick either.
 LOSS_PRESETS = {
     "code": dict(target_value=5.0, lambda_mean_init=1.0, lambda_speed=0.1, lambda_energy=0.01),
@@ -150,8 +152,6 @@ class EquilibriumExplorationScheduler:
 def create_cycle_scheduler(preset: str = "balanced", **overrides) -> EquilibriumExplorationScheduler:
     if preset not in CYCLE_PRESETS:
         raise ValueError(f"unknown cycle-scheduler preset {preset!r}; known presets: {', '.join(CYCLE_PRESETS)}")
-    unknown = set(overrides) - set(CYCLE_PRESETS[preset])
-    if unknown:
-        raise ValueError(f"unknown scheduler option(s) {sorted(unknown)}; options: {', '.join(CYCLE_PRESETS[preset])}")
+    check_known(overrides, CYCLE_PRESETS[preset], "scheduler option(s)")
     return EquilibriumExplorationScheduler(**{**CYCLE_PRESETS[preset], **overrides})
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llgbm.utils import check_fields
+from llgbm.core.utils import check_fields
 
 from .layer import EARLY_STOP, IntegratorConfig, IntegratorNeuronLayer
 

@@ -1,4 +1,4 @@
-"""`python -m llgbm.bench --profile quick`: the hot paths (llgbm.hotpaths) measured in one run,
+"""`python -m llgbm.bench --profile quick`: the hot paths (llgbm.bench.hotpaths) measured in one run,
 written to reports/<profile>/bench.md and bench.json."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import hotpaths
-from ..experiment import GeneratorLab
-from ..report import reports_root
-from ..tasks import get_task
-from ..utils import atomic_write_bytes, atomic_write_json
-from . import measure_matmul_peak
+from llgbm.bench import hotpaths
+from llgbm.core.tasks import get_task
+from llgbm.core.timing import measure_matmul_peak
+from llgbm.core.utils import atomic_write_bytes, atomic_write_json
+from llgbm.lab.experiment import GeneratorLab
+from llgbm.notebook.report import reports_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         f"after the paths). FLOPs are counted by torch's FlopCounterMode (matmuls and attention, padding included); "
         f"\"useful\" keeps only the real tokens' share. Median of {args.repeats} calls. Written by "
         f"`python -m llgbm.bench --profile {args.profile}{' --compile' if args.compile else ''}`."
-        + (" Rows marked *compiled* run the decoder stack under torch.compile (inductor, llgbm.compiling): their "
+        + (" Rows marked *compiled* run the decoder stack under torch.compile (inductor, llgbm.core.compiling): their "
            "FLOPs are the eager call's, and the first call, which compiles, is left out of the median and noted."
            if args.compile else ""),
         table.to_markdown(floatfmt=".3g"),

@@ -1,0 +1,148 @@
+"""The lab's figures: one seaborn theme, set once on import, and the few figure kinds the notebooks
+share (per-seed points over a mean with its 95% CI, estimates with given CIs, heatmaps of matrices,
+loss curves). Every axis carries its unit; every title states the question the figure answers."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from llgbm.lab.ledgers.zeroshot import METHODS
+from llgbm.lab.zeroshot import curve_figure
+
+PALETTE = "colorblind"
+
+
+def set_theme() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.9,
+                  rc={"figure.dpi": 100, "axes.titlesize": 10, "axes.titleweight": "bold"})
+
+
+set_theme()
+
+
+def seed_points(frame: pd.DataFrame, metrics: dict[str, str], title: str, x: str = "method",
+                refs: dict[str, dict[str, float]] | None = None):
+    """One panel per metric: each seed as a dot, the mean over seeds with its 95% CI (bootstrap over
+    seeds). `metrics` maps a column of `frame` to its axis label (with unit); `refs` adds dashed
+    reference lines per metric ({column: {label: value}})."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.0), squeeze=False, layout="constrained")
+    for ax, (col, label) in zip(axes[0], metrics.items()):
+        sns.pointplot(frame, x=x, y=col, errorbar=("ci", 95), linestyle="none", capsize=0.2, color="0.2",
+                      marker="D", markersize=6, ax=ax)
+        sns.stripplot(frame, x=x, y=col, hue=x, palette=PALETTE, size=6, jitter=0.08, alpha=0.8, legend=False, ax=ax)
+        for i, (name, value) in enumerate((refs or {}).get(col, {}).items()):
+            ax.axhline(value, ls="--", lw=1, color=sns.color_palette(PALETTE)[-(i + 1)], label=name)
+        if (refs or {}).get(col):
+            ax.legend(fontsize=7)
+        ax.set(xlabel="", ylabel=label)
+        _slant(ax)
+    fig.suptitle(title)
+    return fig
+
+
+def _slant(ax) -> None:
+    """Long category names: slanted, anchored at their tick so they do not overlap."""
+    ax.tick_params(axis="x", labelrotation=25)
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+
+
+def estimates_with_ci(table: pd.DataFrame, panels: dict[str, tuple[str, str, str, str]], title: str):
+    """Point estimates with their given 95% CIs, one panel per entry of `panels`:
+    {panel label (with unit): (value column, CI-low column, CI-high column, zero-line label or "")}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False, layout="constrained")
+    colors = sns.color_palette(PALETTE, len(table))
+    for ax, (label, (col, lo, hi, _)) in zip(axes[0], panels.items()):
+        y = np.arange(len(table))
+        err = np.stack([table[col] - table[lo], table[hi] - table[col]]).astype(float)
+        ax.errorbar(table[col].astype(float), y, xerr=np.nan_to_num(err), fmt="none", ecolor="0.3", capsize=4)
+        ax.scatter(table[col].astype(float), y, c=colors, s=45, zorder=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, table.index)
+        ax.invert_yaxis()
+        ax.set(xlabel=label)
+    fig.suptitle(title)
+    return fig
+
+
+def heatmap(matrix: pd.DataFrame, title: str, cbar_label: str, fmt: str = ".2f", center: float | None = None,
+            cmap: str = "viridis", figsize: tuple[float, float] | None = None):
+    """A matrix as an annotated heatmap (rows and columns as labelled)."""
+    fig, ax = plt.subplots(figsize=figsize or (2.5 + 1.1 * matrix.shape[1], 1.2 + 0.32 * matrix.shape[0]), layout="constrained")
+    sns.heatmap(matrix.astype(float), annot=True, fmt=fmt, cmap=cmap, center=center, ax=ax,
+                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 7})
+    ax.set_title(title)
+    _slant(ax)
+    return fig
+
+
+def heatmaps(matrices: dict[str, pd.DataFrame], title: str, cbar_label: str, fmt: str = ".2f", vmin: float = 0.0,
+             vmax: float = 1.0, cols: int = 3):
+    """Several matrices of one kind side by side on one colour scale (e.g. an accuracy matrix per method)."""
+    rows = -(-len(matrices) // cols)
+    first = next(iter(matrices.values()))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (1.6 + 0.75 * first.shape[1]), rows * (1.3 + 0.45 * first.shape[0])),
+                             squeeze=False, layout="constrained")
+    for ax, (name, m) in zip(axes.flat, matrices.items()):
+        sns.heatmap(m.astype(float), annot=True, fmt=fmt, cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=False,
+                    annot_kws={"fontsize": 7})
+        ax.set_title(name, fontsize=9)
+        _slant(ax)
+    for ax in axes.flat[len(matrices):]:
+        ax.axis("off")
+    fig.colorbar(axes.flat[0].collections[0], ax=axes, label=cbar_label, shrink=0.6)
+    fig.suptitle(title)
+    return fig
+
+
+def curves(series: dict[str, list[float]], ylabel: str, title: str, xlabel: str = "training step",
+           window: int = 10, logy: bool = True, marks: dict[str, float] | None = None, ax=None):
+    """Loss curves: the raw values faintly, their rolling mean (`window`) strongly; `marks` draws
+    labelled vertical lines (e.g. where a continued run picked up)."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    for i, (name, values) in enumerate(series.items()):
+        s = pd.Series(values, dtype=float)
+        color = sns.color_palette(PALETTE)[i % 10]
+        ax.plot(s, color=color, alpha=0.25, lw=0.8)
+        ax.plot(s.rolling(window, min_periods=1).mean(), color=color, label=f"{name} (rolling mean of {window})")
+    for name, x in (marks or {}).items():
+        ax.axvline(x, color="k", ls="--", lw=1, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if logy else "linear")
+    ax.legend(fontsize=7)
+    return ax.figure if own else ax
+
+
+def bars(values: pd.Series | pd.DataFrame, xlabel: str, title: str, log: bool = False):
+    """Horizontal bars of named quantities (one colour per column of a frame)."""
+    frame = values.to_frame() if isinstance(values, pd.Series) else values
+    long = frame.reset_index(names="name").melt(id_vars="name", var_name="series", value_name="value")
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.3 * len(long)), layout="constrained")
+    sns.barplot(long, y="name", x="value", hue="series" if frame.shape[1] > 1 else None, ax=ax, orient="h")
+    ax.set(xlabel=xlabel, ylabel="", title=title, xscale="log" if log else "linear")
+    return fig
+
+
+def lines(frame: pd.DataFrame, x: str, y: str, hue: str, title: str, palette: str = "viridis"):
+    """One line per `hue` level (e.g. a curve per layer), axes labelled by the column names."""
+    fig, ax = plt.subplots(figsize=(6.8, 3.8), layout="constrained")
+    sns.lineplot(frame, x=x, y=y, hue=hue, palette=palette, ax=ax, legend="brief")
+    ax.set(title=title)
+    ax.legend(fontsize=6, ncols=2, title=hue)
+    return fig
+
+
+def zeroshot_figures(out: dict, scored: dict, table: pd.DataFrame, refs: dict[str, float], n_items: int) -> dict:
+    """Notebook 06's figures by file name: the multi-task LoRA's training loss at its two learning
+    rates, each objective's learning curve against the baselines' lines `refs`, and the held-out gap
+    recoveries with their CIs (base model left out)."""
+    mt = {f"lr {scored[m]['lr']:g}": scored[m]["losses"] for m in ("multitask_lora", "multitask_lora_zoo_lr")}
+    panels = {"gap recovery of gold log-lik (fraction)": ("gap_loglik", "loglik_lo", "loglik_hi", ""),
+              "gap recovery of exact match (fraction)": ("gap_acc", "acc_lo", "acc_hi", "")}
+    return {"fig_0_multitask_lora_loss": curves(mt, "training loss (nats per answer token)",
+                                                "The multi-task LoRA baseline's training loss, two learning rates"),
+            "fig_1_learning_curves": curve_figure(out["curves"], refs),
+            "fig_2_gap_recovery": estimates_with_ci(table.drop(index=[METHODS["base"]]), panels,
+                                                    f"Held-out gap recovery, {n_items} items (95% CI over items)")}

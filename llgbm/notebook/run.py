@@ -1,0 +1,214 @@
+"""Run the lab's notebooks through papermill in phase order, then write reports/<profile>/REPORT.md.
+
+    python -m llgbm.run --profile quick                # every notebook
+    python -m llgbm.run --profile smoke --only 00_baseline
+
+The terminal shows live progress: the notebook, its cell out of how many, the elapsed time, and the
+notebook's last recorded run time as an estimate. A failing notebook stops the run and prints the
+failing cell's error; the executed copy (with outputs) is kept under reports/<profile>/_executed/."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from tqdm.auto import tqdm
+
+from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home
+from llgbm.notebook.report import reports_root, write_report
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+KERNEL = "llgbm"
+HISTORY = 4            # earlier runs kept per notebook in timings.json
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """Kernels talk over IPC sockets in a private temporary folder: nothing listens on TCP, so the
+    kernel has nothing to warn about ("running over TCP without encryption")."""
+
+    def __init__(self, **kw):
+        kw.setdefault("transport", "ipc")
+        kw.setdefault("ip", str(Path(tempfile.mkdtemp(prefix="llgbm-kernel-")) / "kernel"))
+        super().__init__(**kw)
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """Notebooks in phase order (00, 01, …, 04, 04b, 05, 10, …); `only` filters by stem."""
+    found = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if only:
+        stems = {p.stem for p in found}
+        check_known(only, stems, "notebook(s)", error=SystemExit)
+        found = [p for p in found if p.stem in only]
+    return found
+
+
+def _check_kernel(kernel: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+    if kernel not in KernelSpecManager().find_kernel_specs():
+        raise SystemExit(f"Jupyter kernel {kernel!r} is not installed; run `make setup` (it registers it), "
+                         f"or pass --kernel with one of: {', '.join(KernelSpecManager().find_kernel_specs())}")
+
+
+def cache_state(profile: str) -> dict:
+    """What is already computed for a profile: finished zoo runs out of those planned, generator runs,
+    DeltaCache entries. "cold" means nothing, "warm" a finished zoo."""
+    from llgbm.core import models  # lazy: defers torch (the runner needs none)
+    from llgbm.core.utils import check_profile  # lazy: defers torch (the runner needs none)
+    from llgbm.teachers import zoo  # lazy: defers torch (the runner needs none)
+    cfg = zoo.ZooConfig.preset(check_profile(profile))
+    root = zoo.zoo_dir(profile, models.MODEL_FOR_PROFILE[profile], cfg)
+    planned = len(cfg.task_names()) * len(cfg.seeds)
+    finished = len(list(root.glob("*/seed*/run.json"))) if root.exists() else 0
+    gens = llgbm_home() / "generators"
+    runs = sum(1 for d in gens.glob("*-seed*-*") if any(d.glob("step_*.safetensors"))) if gens.exists() else 0
+    manifest = Path(os.environ.get("LLGBM_DELTAS") or REPO_ROOT / "deltas") / "manifest.json"
+    deltas = len(json.loads(manifest.read_text())) if manifest.exists() else 0
+    state = "cold" if finished == 0 else ("warm" if finished >= planned else "partial")
+    return dict(state=state, zoo_runs=finished, zoo_planned=planned, generator_runs=runs, cached_deltas=deltas)
+
+
+def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 4 * 3600, progress: str | None = None,
+                 **params) -> Path:
+    """Execute one notebook with papermill; `progress` is the description of its live cell bar."""
+    import papermill as pm
+    out = reports_root() / profile / "_executed" / nb.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = dict(desc=progress, unit="cell", file=sys.stderr, dynamic_ncols=True) if progress else False
+    with _ticking(enabled=bool(progress) and sys.stderr.isatty()):
+        pm.execute_notebook(str(nb), str(out), parameters=dict(profile=profile, **params), kernel_name=kernel,
+                            execution_timeout=timeout, cwd=str(nb.parent), progress_bar=bar,
+                            kernel_manager_class=LocalKernelManager)
+    return out
+
+
+@contextlib.contextmanager
+def _ticking(enabled: bool, every: float = 5.0):
+    """Redraw the open progress bars every few seconds, so the elapsed time moves during a long cell
+    (tqdm redraws only when a cell finishes). Only on a terminal: a log file gets no extra lines."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every):
+            for bar in list(getattr(tqdm, "_instances", ())):
+                bar.refresh()
+    thread = threading.Thread(target=tick, daemon=True)
+    if enabled:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def suite_mode(state: dict) -> str:
+    """How warm the cache was when a suite run started: "cold" (no teacher and no generator run yet:
+    an empty ~/.cache/llgbm; the committed deltas/ do not count), "warm" (the zoo finished and
+    generators trained: a rerun), or "partial" (anything between)."""
+    if state["zoo_runs"] == 0 and state["generator_runs"] == 0:
+        return "cold"
+    return "warm" if state["state"] == "warm" and state["generator_runs"] > 0 else "partial"
+
+
+def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
+    """The `top` slowest code cells of an executed notebook (papermill's per-cell durations): cell
+    index, seconds and the cell's first line, slowest first."""
+    nb = json.loads(Path(executed).read_text())
+    cells = [dict(cell=i, seconds=round(float(c["metadata"]["papermill"]["duration"]), 1),
+                  code="".join(c["source"]).strip().splitlines()[0][:70] if "".join(c["source"]).strip() else "")
+             for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "code" and c.get("metadata", {}).get("papermill", {}).get("duration") is not None]
+    return sorted(cells, key=lambda c: -c["seconds"])[:top]
+
+
+def machine() -> str:
+    """The CPU a run timed on ("AMD EPYC, 2 CPUs"): runs on other machines are not comparable, and
+    their float results can differ in the last bits (other matmul kernels)."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs"
+
+
+def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
+                  note: str | None = None, cells: list[dict] | None = None) -> None:
+    """Wall time of each notebook's latest run, with the cache state it started from, kept across
+    partial reruns (`--only`). `mode` (suite_mode at the start of the whole run) also files it as
+    that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
+    what else to know about the run (the report prints it under the run-times table); `cells` its
+    slowest cells (`cell_seconds`), where the minutes went."""
+    path = reports_root() / profile / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
+                 **({"start_state": state} if state else {}), **({"note": note} if note else {}),
+                 **({"cells": cells} if cells else {}))
+    atomic_write_json(path, file_timing(timings, stem, entry, mode))
+
+
+def file_timing(timings: dict, stem: str, entry: dict, mode: str | None = None, keep: int = HISTORY) -> dict:
+    """`timings` with `entry` filed as `stem`'s latest run (and its latest `mode` run). The run of the
+    same mode it replaces moves to the notebook's `history` (its seconds, when it finished and its
+    note; the newest `keep`), so the report can say how a number moved and why."""
+    old = timings.get(stem, {})
+    runs, history = dict(old.get("runs", {})), list(old.get("history", []))
+    latest = {k: v for k, v in entry.items() if k not in ("runs", "history")}
+    if mode is not None:
+        if mode in runs:
+            history.append(dict(mode=mode, **{k: runs[mode][k] for k in ("seconds", "finished", "machine", "note")
+                                              if k in runs[mode]}))
+        runs[mode] = dict(latest)
+    return dict(timings, **{stem: dict(latest, **({"runs": runs} if runs else {}),
+                                       **({"history": history[-keep:]} if history else {}))})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=PROFILES, default="quick")
+    ap.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
+    ap.add_argument("--kernel", default=KERNEL)
+    ap.add_argument("--note", default=None, help="a note filed with each notebook's timing, e.g. what else shared the CPU")
+    ap.add_argument("--timeout", type=int, default=4 * 3600, help="per-cell execution timeout, seconds (a cold quick cell of 06 trains for over an hour on 2 cores)")
+    args = ap.parse_args(argv)
+    import papermill as pm
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _check_kernel(args.kernel)
+    selected = notebooks(args.only)
+    path = reports_root() / args.profile / "timings.json"
+    last = json.loads(path.read_text()) if path.exists() else {}
+    t_all = time.time()
+    mode = suite_mode(cache_state(args.profile))
+    print(f"[llgbm.run] {len(selected)} notebook(s), {args.profile}, starting from a {mode} cache", flush=True)
+    for i, nb in enumerate(selected, 1):
+        state = cache_state(args.profile)
+        estimate = f", last run {last[nb.stem]['seconds'] / 60:.0f} min" if nb.stem in last else ""
+        print(f"[llgbm.run] {i}/{len(selected)} {nb.name} ({args.profile}; zoo {state['state']}{estimate})", flush=True)
+        t0 = time.time()
+        try:
+            run_notebook(nb, args.profile, args.kernel, args.timeout, progress=f"{nb.stem}{estimate}")
+        except pm.PapermillExecutionError as e:
+            print(f"[llgbm.run] {nb.name} FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
+            print("".join(e.traceback[-3:]) if e.traceback else "", file=sys.stderr)
+            print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
+            return 1
+        seconds = time.time() - t0
+        record_timing(args.profile, nb.stem, seconds, state, mode, args.note,
+                      cell_seconds(reports_root() / args.profile / "_executed" / nb.name))
+        print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
+    path = write_report(args.profile, notebooks())
+    print(f"[llgbm.run] report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
