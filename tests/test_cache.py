@@ -41,6 +41,7 @@ def test_reads_files_written_before_it(tmp_path):
     assert got["a"]["loglik"].dtype == np.float32 and math.isnan(got["a"]["loglik"][1])
     np.testing.assert_array_equal(got["b"], np.array([0.5, 0.125], dtype=np.float32))
     assert cache.read(tmp_path / "missing.json") is None and cache.read(None) is None
+    assert cache.arrays({"t": [1.0, None]})["t"].dtype == np.float64        # null is NaN with numpy's own dtype too
 
 
 def test_a_failed_compute_leaves_no_file(tmp_path):

@@ -52,15 +52,15 @@ def test_delta_step_changes_generator_and_lowers_loss(setup):
     cond, _, target_delta = data.batch(np.random.default_rng(0), 2)
     opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in gen.state_dict().items()}
-    losses = []
+    seen = []
     for _ in range(3):
         loss = losses.delta_loss(sup(gen(cond)), target_delta)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        seen.append(loss.item())
     after = losses.delta_loss(sup(gen(cond)), target_delta).item()
-    assert after < losses[0]
+    assert after < seen[0]
     changed = [k for k, v in gen.state_dict().items() if k != "offset" and not torch.equal(v, before[k])]
     assert len(changed) == len([k for k in before if k != "offset"])
     assert all(p.grad is None for p in sup.flora.model.parameters())   # the base model stays frozen
@@ -96,8 +96,11 @@ def test_checkpoints_are_safetensors_and_old_pickles_are_never_loaded(setup, tmp
     assert sorted(p.name for p in run.glob("step_*.safetensors")) == ["step_000001.safetensors", "step_000002.safetensors"]
     assert train.legacy_run_dirs(tmp_path / "generators") == []           # now a current-format run
     from safetensors import safe_open
+
+    from llgbm.core import checkpoint
+    assert checkpoint.read_state(run / "step_000002.safetensors")["step"] == 2
     with safe_open(str(run / "step_000002.safetensors"), "pt") as f:
-        assert f.metadata()["step"] == "2" and any(k.startswith("adam/") for k in f.keys())
+        assert any(k.startswith("adam/") for k in f.keys())
 
 
 def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch, tmp_path):

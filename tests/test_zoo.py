@@ -181,7 +181,9 @@ def test_the_same_teacher_trained_in_two_processes_gets_the_same_hash(lab_home, 
     assert lora.adapter_hash(folders[0]) == lora.adapter_hash(folders[1])                  # ... the content does not
 
 
-def test_manifest_rehashes_records_written_before_canonical_hashing(tiny, lab_home):
+def test_a_record_written_before_canonical_hashing_is_rehashed_and_loading_writes_nothing(tiny, lab_home):
+    """load_manifest only reads (an old record is re-hashed in memory); write_manifest, the builders',
+    re-hashes it and stores the new hash in the record."""
     model, tok = tiny
     cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=2, n_checkpoints=1, eval_items=2)
     root = lab_home / "z"
@@ -192,26 +194,13 @@ def test_manifest_rehashes_records_written_before_canonical_hashing(tiny, lab_ho
     record["checkpoints"][0].update(hash="raw-bytes-hash-of-an-older-version")
     del record["checkpoints"][0]["hash_version"]
     record_path.write_text(json.dumps(record))
-    assert zoo.write_manifest(root)[0]["hash"] == canonical
-    assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == run.HASH_VERSION
-
-
-def test_loading_the_zoo_writes_nothing(tiny, lab_home):
-    """load_manifest reads: an old record is re-hashed in memory, and no file changes (only builders write)."""
-    model, tok = tiny
-    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=2, n_checkpoints=1, eval_items=2)
-    root = lab_home / "z"
-    zoo.build_zoo(model, tok, cfg, root, progress=False)
-    record_path = root / "add_1" / "seed0" / "run.json"
-    record = json.loads(record_path.read_text())
-    canonical = record["checkpoints"][0]["hash"]
-    del record["checkpoints"][0]["hash_version"]
-    record_path.write_text(json.dumps(record))
     (root / "manifest.json").unlink()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
     _, _, rows = zoo.load_manifest("smoke", "tiny", cfg, root=root)
     assert rows[0]["hash"] == canonical and rows[0]["hash_version"] == run.HASH_VERSION
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()} == before
+    assert zoo.write_manifest(root)[0]["hash"] == canonical
+    assert json.loads(record_path.read_text())["checkpoints"][0]["hash_version"] == run.HASH_VERSION
 
 
 def test_zoo_runs_split_into_disjoint_balanced_shares():

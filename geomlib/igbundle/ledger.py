@@ -19,7 +19,7 @@ def methods_table(runs: dict, base: dict, params: dict[str, int], tasks: list[st
     evals = {k: r["scores"] for k, r in runs.items()}
     frame = compare.seed_frame(evals | {("base", 0): base}, None, tasks)
     summary = frame.groupby("method", sort=False)[["exact_match", "gold_loglik"]].agg(["mean", "std"])
-    summary.columns = [f"{metric} {stat}" for metric, stat in summary.columns]
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary["trainable params"] = [params.get(m, 0) for m in summary.index]
     summary["s / step (median)"] = [pd.Series([r["seconds_per_step"] for (k, _), r in runs.items() if k == m]).median()
                                     for m in summary.index]

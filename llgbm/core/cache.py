@@ -32,7 +32,7 @@ def arrays(tree: dict, dtype=None) -> dict:
     """{name: values} or {name: {key: values}} (per-item scores by task, deltas by task) with every
     list as a numpy array of `dtype` (None: numpy's choice); null reads back as NaN."""
     def conv(v):
-        if dtype is not None and isinstance(v, list):
+        if isinstance(v, list) and any(x is None for x in v):
             v = [math.nan if x is None else x for x in v]
         return np.asarray(v, dtype=dtype)
     return {t: ({k: conv(v) for k, v in d.items()} if isinstance(d, dict) else conv(d)) for t, d in tree.items()}

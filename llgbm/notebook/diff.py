@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Metrics that measure the machine or the clock, not the model: excepted from equality, listed.
 TIMING = re.compile(r"(^|_)(seconds|minutes|ms)($|_)|_per_s($|_)|per_step|speedup|peak_fraction|peak_mem|rss|"
-                    r"throughput|overhead_ratio|backward_over_forward|gflops")
+                    r"throughput|overhead_ratio|backward_over_forward|over_merged|gflops|speed|scaling_exponent")
 
 
 def _equal(a, b, rtol: float, atol: float) -> bool:
