@@ -84,15 +84,11 @@ def load(path: Path | str, *, model: nn.Module | None = None, opt: torch.optim.O
     """(weights, state) of the checkpoint at `path`; with `model` the weights are loaded into it (tied
     ones restored), with `opt` its Adam state. A missing or unreadable file is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = _read_meta_state(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable checkpoint ({e}); delete it and the run starts over") from None
-    state = json.loads(meta["state"]) if "state" in meta else {k: _legacy_value(v) for k, v in meta.items()}
     aliases = state.pop(ALIASES, {})
     weights = {k: v for k, v in tensors.items() if not k.startswith("adam/")}
     weights |= {k: weights[v] for k, v in aliases.items()}
@@ -103,11 +99,22 @@ def load(path: Path | str, *, model: nn.Module | None = None, opt: torch.optim.O
     return weights, state
 
 
+def _read_meta_state(path: Path) -> dict:
+    """The JSON state in a checkpoint's metadata (aliases included), or the named error for a missing or
+    unreadable file; files written before `save` hold one metadata entry per key."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({e}); delete it and the run starts over") from None
+    return json.loads(meta["state"]) if "state" in meta else {k: _legacy_value(v) for k, v in meta.items()}
+
+
 def read_state(path: Path | str) -> dict:
     """The JSON state of a checkpoint without reading its tensors."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    state = json.loads(meta["state"]) if "state" in meta else {k: _legacy_value(v) for k, v in meta.items()}
+    state = _read_meta_state(Path(path))
     state.pop(ALIASES, None)
     return state
 
