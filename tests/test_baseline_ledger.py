@@ -31,21 +31,34 @@ def test_heldout_orders_methods_and_the_generator_recovers_its_gap():
     level = {"base": (0.0, -3.0), "mean_lora": (0.2, -2.5), "nearest_lora": (0.3, -2.0), "teacher": (0.9, -1.0)}
     ref = {m: {t: _scores(rng, a, ll) for t in held} for m, (a, ll) in level.items()} | {"nearest": {"t1": "x", "t2": "y"}}
     evals = {("generated", s): {t: _scores(rng, 0.6, -2.0 + 0.01 * s) for t in held} for s in range(3)}
-    H = ledger.heldout(evals, ref, held)
+    hist = {k: {"loss": list(np.linspace(1.0, 0.5, 100)) + [0.5] * 100} for k in evals}
+    H = ledger.heldout(evals, ref, held, hist)
     assert list(H.methods) == ["base", "mean of training LoRAs", "nearest task's LoRA", "generated", "own teacher"]
-    assert list(H.frame.method.unique()) == list(H.methods)
+    assert list(H.frame.method.unique()) == list(H.methods) and list(H.summary.index) == list(H.methods)
     assert H.summary.loc["own teacher", "gap_loglik"] == pytest.approx(1.0)
     assert H.summary.loc["base", "gap_loglik"] == pytest.approx(0.0, abs=1e-12)
     assert 0.4 < H.summary.loc["generated", "gap_loglik"] < 0.6        # -2.0 halfway from -3 to -1
+    assert H.summary.loc["generated", "n_seeds"] == 3 and np.isnan(H.summary.loc["base", "exact_match_std"])
     assert H.per_task["nearest training task"].to_dict() == {"t1": "x", "t2": "y"}
     test = ledger.mean_lora_test(evals, ref, held)
-    assert test["diff_loglik"] == pytest.approx(0.49, abs=0.05) and test["loglik_lo"] > 0
-    claims = ledger.generator_claims(test, generation_s=0.1, teacher_s=30.0, n_seeds=3)
+    assert test["diff_loglik"] == pytest.approx(0.49, abs=0.05) and test["diff_loglik_lo"] > 0
+    gain = ledger.relative_gain(evals, ref, held)          # 0.6 vs 0.2 exact match: +200%
+    assert gain.mean > 1 and gain.lo > 0.3
+    assert ledger.gain_verdict(gain) == "supported"
+    claims = ledger.generator_claims(test, gain, generation_s=0.1, teacher_s=30.0, n_seeds=3, roundtrip_err=1e-8)
     assert claims[0][2] == "not reproduced at this scale" and "300×" in claims[0][3]
-    assert claims[1][2] == "supported"
-    assert ledger.generator_claims(test, 0.001, 30.0, 3)[0][2] == "reproduced"
-    verdict = ledger.generator_verdict(H.summary, test, len(held), 0.1, 30.0)
-    assert verdict.startswith("On 2 held-out tasks") and "300× less" in verdict
+    assert [c[2] for c in claims[1:]] == ["supported", "supported"]
+    assert ledger.generator_claims(test, gain, 0.001, 30.0, 3, 2e-3)[0][2] == "reproduced"
+    assert ledger.generator_claims(test, gain, 0.001, 30.0, 3, 2e-3)[2][2] == "refuted"
+    verdict = ledger.generator_verdict(H.summary, test, gain, len(held), 200, 0.0, 0.1, 30.0)
+    assert verdict.startswith("Trained for 200 steps, where its loss had plateaued") and "300× less" in verdict
+
+
+@pytest.mark.parametrize("lo, hi, says", [(-0.5, -0.1, "refuted"), (0.1, 0.5, "supported"), (0.05, 0.2, "partly: better, but short of +30%"),
+                                          (-0.1, 0.5, "inconclusive")])
+def test_dnd_gain_verdict_reads_up_to_30_percent(lo, hi, says):
+    from llgbm.core.stats import Interval
+    assert ledger.gain_verdict(Interval((lo + hi) / 2, lo, hi)) == says
 
 
 def test_teacher_seconds_averages_the_heldout_teachers_only():

@@ -188,7 +188,7 @@ def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
     assert m["best_ppl_ratio_20"] == pytest.approx(1.2) and m["seed_method_ppl_ratio_20"] == pytest.approx(3.0)
     assert m["speed_best_20"] == pytest.approx(0.6) and m["ppl_svdllm_40"] == 20.0 and m["minilm_cos_svdllm_20"] == 0.95
     claims = {c[0][:20]: c[2] for c in ledger.claims(m, best)}
-    assert claims["Calabi inference is "] == "refuted (memory: yes; speed: no)"
+    assert claims["Calabi inference is "] == "refuted on speed; memory not measured (parameters only)"
     assert claims["Compression maintain"] == "refuted" and claims["Low-rank projection "] == "refuted"
     assert claims["Best method at 20% w"] == "met"
     assert "1.20× dense perplexity (within the 1.30× target)" in ledger.verdict(m, best)

@@ -270,14 +270,18 @@ def test_acc_and_bwt_against_hand_computed_values():
 def test_claims_are_untested_when_the_floor_is_not_met():
     from geomlib.coordinates import ledger
     m = dict(cl_tasks=5, n_seeds=3, routing_acc=0.5, params_seed_config=108e6, params_seed_modulation=33.9e6,
-             theta_silhouette_family=0.1, theta_silhouette_task=0.3, coordinates_scaling_exponent=0.05,
-             bwt_seq_lora=-0.3, bwt_replay=-0.1)
+             theta_silhouette_family=0.1, theta_silhouette_task=0.3, theta_silhouette_null95=0.2, coordinates_scaling_exponent=0.05,
+             bwt_seq_lora=-0.3, bwt_replay=-0.1, bwt_per_task_lora=0.0, no_forgetting_bwt=ledger.NO_FORGETTING, params_tol=0.1,
+             seed_params_claim=10e6)
     for mode, lift in (("coords_given", 0.5), ("coords_inferred", 0.05)):
         m.update({f"bwt_{mode}": -0.01, f"bwt_{mode}_ci_low": -0.015, f"bwt_{mode}_ci_high": 0.0, f"lift_{mode}": lift})
     rows = {c: v for c, v, _ in ledger.claims(m)}
     assert rows["No catastrophic forgetting (coords, θ given)"] == "supported"
     assert rows["No catastrophic forgetting (coords, θ inferred)"].startswith("untested")
     assert rows["100% routing accuracy"] == "refuted" and rows["10M parameters"] == "refuted"
+    assert rows["Related operations cluster in coordinate space"] == "refuted"          # 0.1, below the shuffled null's 0.2
+    m["theta_silhouette_family"] = 0.25
+    assert {c: v for c, v, _ in ledger.claims(m)}["Related operations cluster in coordinate space"] == "supported"
 
 
 def test_command_line_verify_train_generate(lab_home, capsys):

@@ -150,6 +150,7 @@ def test_ledger_tables_floor_and_claims_follow_the_runs():
     import pandas as pd
 
     from geomlib.igbundle import ledger
+    from llgbm.notebook.report import uncited
     rng, tasks, seeds = np.random.default_rng(0), ["a", "b"], (0, 1)
     runs = _grid(rng, {"igbundle": 0.05, "lora": 0.6, "houlsby": 0.5}, seeds, tasks, already=True)
     base = {t: {"correct": np.zeros(60), "loglik": np.full(60, -4.0)} for t in tasks}
@@ -158,19 +159,28 @@ def test_ledger_tables_floor_and_claims_follow_the_runs():
     assert list(summary.index) == ["igbundle", "lora", "houlsby", "base"]
     assert summary.loc["base", "trainable params"] == 0 and summary.loc["lora", "s / step (median)"] == 0.5
     assert list(tests.index) == ["igbundle − lora", "igbundle − houlsby", "houlsby − lora"]
-    abl = {m: _grid(rng, {"igbundle": acc}, (0,), tasks) for m, acc in (("off", 0.05), ("normalised", 0.4))}
-    acc = ledger.ablation_accuracy(runs, abl, tasks, (0,))
+    abl = {m: _grid(rng, {"igbundle": acc}, seeds, tasks) for m, acc in (("off", 0.05), ("normalised", 0.4))}
+    acc, abl_tests = ledger.ablation(runs, abl, tasks, seeds)
     assert acc["normalised"] > acc["faithful"] and abs(acc["off"] - acc["faithful"]) < 0.1
-    assert ledger.already_trained(runs, *abl.values()) == (6, 8)
+    assert list(abl_tests.index) == ["off − faithful", "normalised − faithful"] and abl_tests.loc["normalised − faithful", "diff_acc_lo"] > 0
+    assert ledger.already_trained(runs, *abl.values()) == (6, 10)
     sigma = pd.DataFrame(dict(step=[1, 1, 2, 2], layer=[0, 1, 0, 1], sigma=[1.0, 1.0, 5.0, 7.0]))
     mem = dict(fp32=dict(peak_rss_mb=900, peak_above_imports_mb=400, seconds_per_step=1.0),
                nf4=dict(peak_rss_mb=700, peak_above_imports_mb=200, seconds_per_step=3.0), acc_nf4=0.1, acc_fp32_same_items=0.1)
-    init = dict(faithful_value=0.0, faithful_grad_norm=0.0, normalised_value=0.3)
-    m = ledger.metrics(summary, tests, params, 10**6, init, acc, mem, sigma, n_items=120, n_seeds=2, steps=5, seconds=60.0, already=6)
+    init = dict(faithful_value=0.0, faithful_grad_norm=0.0, normalised_value=0.3, latent_dim=128, faithful_omega_max_offdiag=0.0)
+    trained = dict(faithful_value=1e-22, faithful_grad_norm=3e-21, normalised_value=0.3, latent_dim=24, faithful_omega_max_offdiag=1e-21)
+    m = ledger.metrics(summary, tests, params, 10**6, init, trained, acc, abl_tests, mem, sigma, n_items=120, n_seeds=2, n_ablation_seeds=2,
+                       steps=5, seconds=60.0, budget_seconds=25 * 60, already=6, runs=10)
     assert m["floor_met"] == 0.0 and m["sigma_final_mean"] == 6.0 and m["acc_lora_mean"] > m["acc_igbundle_mean"]
-    verdict = ledger.verdict(m, tests, list(params), 8)
+    assert m["sigma_cap"] == pytest.approx(1000.0) and m["sheaf_trained_latent_dim"] == 24
+    verdict = ledger.verdict(m, tests, list(params), 10)
     assert "NOT met: cleared by lora, houlsby" in verdict and "IGBundle against LoRA: refuted" in verdict
-    assert "1.0 min" in verdict and "6 of 8 runs" in verdict
-    claims = ledger.claims(m, tests, (0,), sigma)
+    assert "1.0 min (budget 25 min)" in verdict and "6 of 10 runs" in verdict
+    claims = ledger.claims(m, tests, abl_tests)
     assert claims[0][2].startswith("refuted (more parameters than LoRA")     # 1M at the seed's defaults > 100
-    assert claims[1][3].endswith("exceeds it") and claims[2][3].startswith("sigma is the mean") and "6.0 at the last" in claims[2][3]
+    assert claims[1][2] == ("refuted as written (identically zero at the seed's D_lat 128; indistinguishable from no loss at the "
+                            "D_lat 24 trained here)")
+    assert "at the D_lat 24 trained here: value 1e-22" in claims[1][3]
+    assert claims[2][3].startswith("sigma is the mean") and "6.0 at the last" in claims[2][3] and "caps it at 1000" in claims[2][3]
+    for text in [verdict, *(f"{c[2]} | {c[3]}" for c in claims)]:
+        assert uncited(text, m) == []

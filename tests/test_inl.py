@@ -292,7 +292,9 @@ def metrics(**changes):
              embedding_params_ratio=0.25, embedding_params_ratio_seed_3b=0.13, val_loss_lowrank_embedding_minus_full=0.05,
              deterministic=1, val_loss_inl=5.2, val_loss_transformer=5.1, unigram_entropy=6.0, train_seconds_inl=200.0,
              train_seconds_transformer=80.0, train_seconds_transformer_full_embedding=70.0, notebook_seconds=400.0, tol_calibrated=0.05, mean_iterations_calibrated=4.2, speedup_calibrated_b1=1.1,
-             speedup_calibrated_b8=1.05, val_loss_calibrated_minus_fixed=0.01)
+             speedup_calibrated_b8=1.05, val_loss_calibrated_minus_fixed=0.01, min_iterations_adaptive=4, measured_ceiling_b1=1.2,
+             measured_ceiling_b8=1.1, modes_within_flop_ratio=4, n_modes=6, tol_seed=1e-3, budget_seconds=600.0, learned_margin=0.5,
+             train_seconds_all=420.0, params_size_small=48.9e6, params_readme_small=30e6, sizes_vocab=50000)
     return {**m, **changes}
 
 
@@ -308,8 +310,12 @@ def test_ledger_verdicts_follow_the_numbers():
     assert rows["3× faster inference with adaptive early stopping"] == "supported"
     assert rows["Adaptive stopping at zero accuracy loss"] == "refuted" and rows["Deterministic training"] == "refuted"
     assert rows["-65% training memory"] == "supported"
+    assert rows["The README's \"Real Params\" per size (small 30M, medium 80M, large 220M)"] == "refuted"    # 48.9M is +63%
     assert ledger.verdict(metrics()).startswith("Both models learned")
     assert "Not every model learned" in ledger.verdict(metrics(val_loss_inl=5.8))
+    text = ledger.verdict(metrics())
+    assert "measured ceiling of 1.20× / 1.10×" in text and "beyond what this design reaches" in text and "never fires" in text
+    assert "stops some tokens early" in ledger.verdict(metrics(mean_iterations_adaptive=4.5))
 
 
 def test_command_line_train_bench_generate(lab_home, tmp_path, capsys):

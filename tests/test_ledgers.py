@@ -15,12 +15,13 @@ def _silhouettes(fam_delta: float, fam_weights: float) -> pd.DataFrame:
 
 @pytest.mark.parametrize("fam_delta, fam_weights, verdict", [(0.6, -0.04, "reproduced"), (0.2, -0.04, "not reproduced"),
                                                              (0.5, 0.55, "not reproduced")])
-def test_delta_caching_claim_follows_the_silhouettes(fam_delta, fam_weights, verdict):
+def test_delta_caching_claim_follows_the_silhouettes_and_the_shuffled_null(fam_delta, fam_weights, verdict):
     D = np.array([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]])
     timing = dict(speedup=250.0, compute_s=0.5, hit_s=0.002, max_abs_diff=0.0)
     dup = dict(identical=0, pairs=3, closest_max_abs_diff=0.7)
-    e = delta_caching.entry(_silhouettes(fam_delta, fam_weights), timing, dup, D, n_final=3, n_families=2)
-    assert e.claims[0][2] == verdict
+    e = delta_caching.entry(_silhouettes(fam_delta, fam_weights), timing, dup, D, n_final=3, n_families=2, null=0.3)
+    assert e.claims[0][2] == verdict and e.metrics["silhouette_null95_family"] == 0.3
+    assert ("not above the 0.300" in e.verdict) == (fam_delta <= 0.3)
     assert e.metrics["silhouette_family"] == fam_delta and e.metrics["silhouette_weights_family"] == fam_weights
     assert e.metrics["n_adapters"] == 3 and e.metrics["delta_norm_mean"] == pytest.approx((5 + 1 + 10) / 3)
     assert e.metrics["cache_hit_ms"] == pytest.approx(2.0) and "250× faster" in e.verdict and "from 1 to 10" in e.verdict
@@ -71,17 +72,27 @@ def test_multitask_terms_and_verdict():
     assert "both fall" in multitask.entry(history, multitask.loss_terms(history), cos, ev, ["t"]).verdict
 
 
-def test_delta_only_claim_follows_the_paired_ci():
-    cols = {"delta_cos_mean": [0.2, 0.1], "gap_loglik": [0.3, 0.1], "loglik_lo": [0.2, 0.0],
-            "loglik_hi": [0.4, 0.2], "gap_acc": [0.1, 0.0]}
-    table = pd.DataFrame(cols, index=[delta_only.LONG, delta_only.BASELINE])
-    up = pd.Series({"diff_loglik": 0.2, "loglik_lo": 0.1, "loglik_hi": 0.3,
-                    "diff_acc": 0.02, "acc_lo": 0.01, "acc_hi": 0.03})
-    e = delta_only.entry(table, up, long_steps=160, short_steps=80, seeds=[0], train_seconds=9.0)
-    assert e.claims[0][2] == "supported" and e.metrics["gap_recovery_long"] == 0.3 and e.metrics["n_seeds"] == 1
-    down = up.copy()
-    down[["diff_loglik", "loglik_lo", "loglik_hi"]] = [-0.2, -0.3, -0.1]
-    assert delta_only.entry(table, down, long_steps=160, short_steps=80, seeds=[0], train_seconds=9.0).claims[0][2] != "supported"
+def test_delta_only_claim_follows_the_paired_ci_and_names_diverged_runs():
+    from llgbm.eval import compare
+    rng, held = np.random.default_rng(0), ["t1", "t2", "t3"]
+
+    def scores(ll):
+        return {t: {"correct": (rng.random(30) < 0.5).astype(float), "loglik": ll + 0.05 * rng.standard_normal(30),
+                    "delta_cos": [0.2]} for t in held}
+    ref = {"base": scores(-3.0), "teacher": scores(-1.0)}
+    levels = {delta_only.BASELINE: -2.8, delta_only.SHORT: -2.5, delta_only.LONG: -2.2}
+    evals = {(m, s): scores(ll) for m, ll in levels.items() for s in (0, 1, 2)}
+    hist = {k: {"loss": [1.0] * 10 + [0.5] * 10} for k in evals} | {(delta_only.LONG, 2): {"loss": [1.0] * 10 + [3.0] * 10}}
+    table, frame = compare.objective_table(evals, ref, held, hist), compare.seed_frame(evals, ref, held, hist)
+    tests = compare.paired_tests(evals, held, list(delta_only.PAIRS))
+    steps = {delta_only.BASELINE: 1000, delta_only.SHORT: 80, delta_only.LONG: 160}
+    e = delta_only.entry(table, tests, frame, steps=steps, seeds=[0, 1, 2], train_seconds=9.0, plateau=0.001)
+    assert e.claims[0][2] == "supported" and e.metrics["gap_recovery_long"] == pytest.approx(0.4, abs=0.02)
+    assert e.metrics["n_seeds"] == 3 and e.metrics["diverged_long"] == 1
+    assert "better than its own 80-step run" in e.verdict and "plateaued" in e.verdict
+    assert "delta-only, long seed 2: training loss ends above its start" in e.verdict
+    assert "**not plateaued**" in delta_only.entry(table, tests, frame, steps=steps, seeds=[0, 1, 2], train_seconds=9.0,
+                                                   plateau=0.05).verdict
 
 
 def test_tables_carry_stable_keys_and_show_labels(tmp_path, monkeypatch):
@@ -90,16 +101,17 @@ def test_tables_carry_stable_keys_and_show_labels(tmp_path, monkeypatch):
     x = np.random.default_rng(0).normal(size=20)
     scores = {m: {"t": dict(correct=(x > off - 1.5).astype(float), loglik=x - off)} for m, off in (("base", 2.0), ("gen", 1.0), ("teacher", 0.0))}
     table = compare.method_table(scores, "base", "teacher", ["t"])
-    assert list(table.columns) == ["exact_match", "gap_acc", "acc_lo", "acc_hi", "gold_loglik", "gap_loglik", "loglik_lo", "loglik_hi"]
+    assert list(table.columns)[:3] == ["n_seeds", "exact_match", "exact_match_std"]
+    assert {"gap_acc", "gap_acc_lo", "gap_acc_hi", "gap_loglik", "gap_loglik_lo", "gap_loglik_hi", "gap_loglik_item_lo"} <= set(table.columns)
     assert table.loc["teacher", "gap_loglik"] == pytest.approx(1.0) and table.loc["base", "gap_loglik"] == pytest.approx(0.0)
     shown = compare.labelled(table)
-    assert list(shown.columns)[:2] == ["exact match", "gap rec. exact match"] and "gold log-lik CI high" in shown.columns
+    assert "gap rec. gold log-lik 95% CI high (seeds·tasks)" in shown.columns and "gap rec. gold log-lik 95% CI low (items only)" in shown.columns
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
     rep = NotebookReport("00_baseline", "smoke")
     rep.table(table, "x")
     text = (rep.dir / "x.md").read_text()
-    assert "gap rec. gold log-lik" in text and "gap_loglik" not in text
+    assert "gap rec. gold log-lik" in text and "gap_loglik" not in text and "| n/a" in text     # one run: no spread
     evals = {("gen", 0): scores["gen"], ("gen", 1): scores["gen"], ("base", 0): scores["base"]}
     tests = compare.paired_tests(evals, ["t"], [("gen", "base")])
-    assert {"diff_loglik", "loglik_lo", "loglik_hi", "diff_acc"} <= set(tests.columns)
+    assert {"diff_loglik", "diff_loglik_lo", "diff_loglik_hi", "diff_acc", "diff_loglik_item_lo"} <= set(tests.columns)
     assert tests.iloc[0]["diff_loglik"] == pytest.approx(1.0)

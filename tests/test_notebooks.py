@@ -131,6 +131,16 @@ def test_notebook_runs_under_smoke(nb, suite_home):
     assert f"notebooks/{nb.name}" in text and "Claims ledger" in text
 
 
+@pytest.mark.notebook
+def test_every_claim_has_one_row_across_the_suite(suite_home):
+    """After the smoke suite (the tests above, in phase order): no claim is measured twice, so no
+    claim carries two verdicts."""
+    rows = [c for f in sorted((suite_home / "reports" / "smoke").glob("*/claims.json")) for c in json.loads(f.read_text())]
+    assert len({p.parent.name for p in (suite_home / "reports" / "smoke").glob("*/claims.json")}) >= 9, "run the smoke suite first"
+    claims = [r["claim"] for r in rows]
+    assert len(claims) == len(set(claims)), {c for c in claims if claims.count(c) > 1}
+
+
 def test_runner_stops_on_a_failing_notebook(tmp_path, monkeypatch, capsys):
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[
@@ -158,8 +168,13 @@ def test_runner_rejects_unknown_notebook():
 def test_report_collects_metrics_tables_and_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
     rep = report.NotebookReport("00_baseline", "smoke")
-    rep.log(a_metric=0.5, count=3)
+    rep.log(a_metric=0.5, count=3, speed=0.8)
     rep.claim("X is faster", "seed 001", "refuted", "0.8x")
+    with pytest.raises(ValueError, match=r"cites \['0.9', '7'\], which no metric"):
+        rep.claim("X is faster", "seed 001", "refuted", "0.9x in 7 runs")      # numbers the run did not log
+    with pytest.raises(ValueError, match="cites"):
+        rep.note("9_verdict", "It took 12 s.")
+    rep.note("1_caveat", "It took 12 s.")                                        # not a verdict: not checked
     with pytest.raises(TypeError, match="must be a number"):
         rep.log(bad="text")
     text = report.write_report("smoke", [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]).read_text()
@@ -226,7 +241,7 @@ def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch)
     cells = run.cell_seconds(executed)
     assert [(c["cell"], c["code"]) for c in cells] == [(2, "zoo.build_zoo(model)"), (1, "x = 1")]
     run.record_timing("quick", "00_baseline", 1800, mode="cold", cells=cells)       # 15-min budget: needs 2.0×
-    run.record_timing("quick", "12_coordinates", 3000, mode="cold")                  # 10-min budget: needs 5.0×
+    run.record_timing("quick", "13_inl", 3000, mode="cold")                          # 10-min budget: needs 5.0×
     run.record_timing("quick", "02_dataset", 60, mode="cold")                        # met: not listed
     (tmp_path / "quick").mkdir(exist_ok=True)
     (tmp_path / "quick" / "bench.json").write_text(json.dumps({"paths": [
@@ -236,7 +251,7 @@ def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch)
     assert "no notebook can gain more than 4.0× if every path reached the peak, or 3.0× if" in text
     assert ("- 00_baseline: missed by 15 min; it needs 2.0× less time. Its slowest cells: cell 2 `zoo.build_zoo(model)` "
             "1500 s (83%); cell 1 `x = 1` 1 s (0%). **Within the practical bound**") in text
-    assert "- 12_coordinates: missed by 40 min; it needs 5.0× less time. Its cells were not recorded. **Beyond even the peak bound**" in text
+    assert "- 13_inl: missed by 40 min; it needs 5.0× less time. Its cells were not recorded. **Beyond even the peak bound**" in text
     assert "02_dataset: missed" not in text
     assert "- The suite: the 3 notebooks timed cold need 1.4× less time together. **Within the practical bound**" in text
     run.record_timing("quick", "05_delta_only", 30, mode="warm")                     # not timed cold: no call on the suite
@@ -267,3 +282,11 @@ def test_metrics_diff_finds_a_moved_number_and_sets_timings_apart(tmp_path):
     assert res["changed"] == [("00_baseline", "teacher_acc_mean", 0.5, 0.51)]
     assert ("00_baseline", "nan_metric") in res["only_a"]
     assert diff.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+
+
+def test_uncited_numbers_by_form_and_precision():
+    m = dict(gap=0.30512, seconds=1500.0, params=48.9e6, ratio=0.13, items=512)
+    assert report.uncited("gap 0.305 (30.5%), 25 min, 48.9M parameters, 87% fewer, 512 items, fig. 3 in table 2a, 95% CI", m) == []
+    assert report.uncited("gap 0.306 over 500 items", m) == ["0.306", "500"]       # wrong at the precision written
+    assert report.uncited("−0.305 and +0.31", m) == []                              # sign aside
+    assert report.uncited("1,500 s, 1.5e+03 s", m) == []

@@ -114,7 +114,93 @@ def test_compare_tables_by_hand():
     table = compare.objective_table(evals, ref, ["t"])
     assert table.loc["a", "gap_loglik"] == pytest.approx((-2.75 + 4) / 2)   # on seed-averaged items
     assert table.loc["a", "exact_match_mean"] == pytest.approx(0.75) and table.loc["b", "gap_acc"] == 0.0
+    assert table.loc["a", "per_seed_gap_loglik"] == "0.500 / 0.750" and np.isnan(table.loc["b", "exact_match_std"])
+    assert (table.loc["a", "gap_loglik_lo"], table.loc["a", "gap_loglik_hi"]) == (0.5, 0.75)      # the two seeds' values
     tests = compare.paired_tests(evals, ["t"], [("a", "b"), ("a", "missing")])
     assert list(tests.index) == ["a − b"] and tests.loc["a − b", "diff_loglik"] == pytest.approx(1.25)
+    assert compare.verdict_of(tests.loc["a − b"]) == "supported"
+    # a run whose loss ends above its start is flagged, counted, and left out by without_diverged
+    hist = {("a", 1): {"loss": [1.0] * 10 + [2.0] * 10}, ("a", 0): {"loss": [2.0, 1.0]}}
+    frame = compare.seed_frame(evals, ref, ["t"], hist)
+    assert frame.diverged.tolist() == [False, True, False] and "above its start" in frame.diverged_reason[1]
+    assert compare.objective_table(evals, ref, ["t"], hist).loc["a", "n_diverged"] == 1
+    assert set(compare.without_diverged(evals, frame)) == {("a", 0), ("b", 0)}
     with pytest.raises(KeyError, match="no runs of method"):
         compare.seed_mean(evals, "c", ["t"])
+
+
+def _width(iv):
+    return iv.hi - iv.lo
+
+
+@pytest.mark.parametrize("noise", ["seeds", "tasks"])
+def test_hierarchical_interval_has_the_width_of_the_noise_it_resamples(noise):
+    """Pure seed noise (each seed offset, items identical) or pure task noise (each task offset): the
+    hierarchical 95% interval has the normal width 2·1.96·sd/√n of the noisy level, and the
+    item-only interval, which leaves that level out, has none."""
+    rng = np.random.default_rng(0)
+    n = 60
+    if noise == "seeds":
+        offsets = rng.normal(0, 1, n)
+        runs, sizes = offsets[:, None] + np.zeros((n, 8 * 16)), [16] * 8
+    else:
+        offsets = rng.normal(0, 1, n)
+        runs, sizes = np.repeat(offsets, 16)[None], [16] * n
+    want = 2 * 1.96 * offsets.std(ddof=1) / np.sqrt(n)
+    iv = stats.hierarchical_bootstrap({"a": runs}, sizes, lambda m: m["a"], n_boot=4000)
+    assert iv.level == "seeds·tasks" and iv.mean == pytest.approx(offsets.mean())
+    assert _width(iv) == pytest.approx(want, rel=0.15)
+    items = stats.hierarchical_bootstrap({"a": runs}, sizes, lambda m: m["a"], levels=("items",))
+    assert items.level == "items" and _width(items) < 1e-9
+
+
+def test_hierarchical_interval_with_pure_item_noise_matches_the_item_bootstrap():
+    """Under pure item noise the headline interval (tasks resampled, their items as blocks) and the
+    item-only one both have the right width; resampling items again inside resampled tasks counts
+    the item noise twice: √2 too wide, which is why it is not the headline."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, 8 * 64)
+    want = 2 * 1.96 * x.std(ddof=1) / np.sqrt(len(x))
+    iv = stats.hierarchical_bootstrap({"a": x}, [64] * 8, lambda m: m["a"], n_boot=4000)
+    items = stats.hierarchical_bootstrap({"a": x}, [64] * 8, lambda m: m["a"], levels=("items",), n_boot=4000)
+    both = stats.hierarchical_bootstrap({"a": x}, [64] * 8, lambda m: m["a"], levels=stats.LEVELS, n_boot=4000)
+    assert _width(iv) == pytest.approx(want, rel=0.2) and _width(items) == pytest.approx(want, rel=0.15)
+    assert _width(both) == pytest.approx(np.sqrt(2) * want, rel=0.15) and both.level == "seeds·tasks·items"
+
+
+def test_paired_difference_cancels_shared_task_noise():
+    """Two methods that share task offsets: their difference has no task noise, so its interval
+    is far narrower than either method's own."""
+    rng = np.random.default_rng(2)
+    tasks = np.repeat(rng.normal(0, 1, 20), 16)
+    a, b = tasks + 0.5 + rng.normal(0, 0.05, tasks.size), tasks + rng.normal(0, 0.05, tasks.size)
+    d = stats.hier_difference(a, b, [16] * 20)
+    own = stats.hierarchical_bootstrap({"a": a}, [16] * 20, lambda m: m["a"])
+    assert d.mean == pytest.approx(0.5, abs=0.02) and d.lo > 0.45 and _width(d) < _width(own) / 10
+
+
+def test_hierarchical_gap_recovery_by_hand_and_bad_input():
+    base, teacher = np.zeros(8), np.full(8, 2.0)
+    gen = np.array([[1.0] * 8, [0.5] * 8])          # two seeds: 0.5 and 0.25 of the gap
+    iv = stats.hier_gap_recovery(gen, base, teacher, [4, 4])
+    assert iv.mean == pytest.approx(0.375) and iv.lo == pytest.approx(0.25) and iv.hi == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs 7 items"):
+        stats.hier_gap_recovery(gen, base, teacher, [4, 3])
+    with pytest.raises(ValueError, match="levels must include 'tasks' or 'items'"):
+        stats.hier_difference(base, teacher, [8], levels=("seeds",))
+    with pytest.raises(ValueError, match="at least one item"):
+        stats.item_weights((4, 0), 10, 0)
+
+
+def test_divergence_flags_each_rule_and_names_it():
+    assert stats.divergence(1.0, 0.5, 0.2, floor=-1.0) == (False, "")
+    assert "above its start" in stats.divergence(1.0, 1.2, 0.2, floor=-1.0).reason
+    assert "non-finite" not in stats.divergence(1.0, float("nan"), None, floor=-1.0).reason
+    assert stats.divergence(1.0, float("nan"), None, floor=-1.0).flagged
+    assert "floor -1" in stats.divergence(None, None, -4.8, floor=-1.0).reason
+    assert not stats.divergence(None, None, None, floor=-1.0).flagged
+
+
+def test_plateau_drop_by_hand():
+    assert stats.plateau_drop([4.0] * 10 + [2.0] * 10 + [1.0] * 10 + [0.9] * 5 + [0.8] * 5, window=0.125) == pytest.approx(0.1 / 0.9)
+    assert stats.plateau_drop([1.0] * 100) == 0.0 and np.isnan(stats.plateau_drop([1.0]))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llgbm.core import tasks
+from llgbm.eval import compare
 from llgbm.generator import losses, sample, supervision
 from llgbm.generator import train as training
 from llgbm.generator.dataset import GeneratorData, condition_texts
@@ -17,6 +18,7 @@ from llgbm.generator.network import HyperConvGenerator
 from llgbm.lab import baselines, generate, zeroshot
 from llgbm.lab.experiment import GeneratorLab
 from llgbm.lab.ledgers import zeroshot as zeroshot_ledger
+from llgbm.notebook.report import uncited
 from llgbm.teachers.zoo import ZooConfig
 
 
@@ -237,21 +239,26 @@ def test_ledger_metrics_and_verdict_from_synthetic_scores():
     evals = {(m, s): scores[m] for m in level if m not in ("base", "teacher") for s in ((0, 1) if m in zeroshot_ledger.GENERATOR_OBJECTIVES else (0,))}
     evals |= {(m, 0): scores[m] for m in ("base", "teacher")}
     T = zeroshot_ledger.method_keys(zeroshot_ledger.methods_table(evals, ref, held).rename(index=zeroshot_ledger.METHODS))
-    best = zeroshot_ledger.best_generator(T)
-    assert best == "kd" and T.loc["kd", "gap_loglik"] == pytest.approx(0.6, abs=0.02)
+    dev = zeroshot_ledger.methods_table(evals, ref, held)          # here the dev items are the test items
+    best = zeroshot_ledger.best_generator(dev)
+    assert best == "kd" and T.loc["kd", "gap_loglik"] == pytest.approx(0.6, abs=0.02) and T.loc["kd", "n_seeds"] == 2
     tests = zeroshot_ledger.paired_table(evals, held, best)
     cost = pd.DataFrame({"prompt tokens per item": [110.0, 18.0], "items/s": [3.6, 14.8]}, index=["few-shot prompting", "generated adapter (merged)"])
-    scale = pd.DataFrame({"training tasks": [4, 8], "seed_gap_loglik": [-1.0, 0.2]})
+    scale = pd.DataFrame({"training tasks": [4, 8], "seeds": [1, 2], "seed_gap_loglik": [-1.0, 0.2], "CI low": [-1.5, 0.1], "CI high": [-0.5, 0.3]})
     user = pd.DataFrame({"exact_match": [0.0, 0.25]}, index=["base", "generated adapter"])
     zcfg = zeroshot.ZeroShotConfig.preset("smoke")
     train_s = dict(generator_train_seconds=1800.0, multitask_lora_train_seconds=600.0)
-    m = zeroshot_ledger.run_metrics(T, tests, cost, best, scale, n_items=100, n_seeds=2, zcfg=zcfg, kd_mass=0.9, user=user, train_seconds=train_s)
+    frame = compare.seed_frame(zeroshot_ledger.scores_only(evals), ref, held)
+    e = zeroshot_ledger.entry(evals, held, T, dev, tests, cost, best, scale, frame, n_items=100, n_dev_items=20, n_seeds=2, zcfg=zcfg,
+                              top_k=8, kd_mass=0.9, user=user, train_seconds=train_s, budget_seconds=20 * 60)
+    m = e.metrics
     assert m["best_gap_recovery"] == T.loc["kd", "gap_loglik"] and m["user_task_acc_generated"] == 0.25
     assert m["scaling_gap_recovery_smallest"] == -1.0 and m["prompt_tokens_icl"] == 110.0 and m["labeled_minus_icl_loglik"] < 0
-    text = zeroshot_ledger.full_verdict(T, tests, cost, best, scale, n_items=100, weight_steps=zcfg.weight_steps, top_k=8,
-                                        kd_mass=0.9, train_seconds=train_s, budget_seconds=20 * 60)
-    assert text.startswith("The best generator is **output KD**") and "**met**" in text and "stretch goal missed" in text
-    assert "from 4 to 8 training tasks" in text and "over it by 20 min" in text
+    assert e.verdict.startswith("Chosen on the dev items, the best generator is **output KD**") and "**met**" in e.verdict
+    assert "stretch goal missed" in e.verdict and "from 4 to 8 training tasks" in e.verdict and "over it by 20 min" in e.verdict
+    assert [c[0][:30] for c in e.claims] == ["Behavioural (SFT) training of ", "A generator beats one multi-ta"]
+    for text in [e.verdict, *(f"{c[2]} | {c[3]}" for c in e.claims)]:
+        assert uncited(text, m) == []
 
 
 # ------------------------------------------------------------------ a user's own task

@@ -35,7 +35,7 @@ class CLConfig:
     batch_size: int = 8
     lr: float = 3e-3                 # every method alike (the zoo's LoRA rate)
     warmup: int = 3
-    eval_items: int = 32             # the first test items of each task, the same after every stage
+    eval_items: int = 64             # the first test items of each task, the same after every stage (≥ 64: the protocol)
     lora_rank: int = 8
     replay_per_task: int = 16        # items kept from each earlier task; half of every later batch replays them
     num_coordinates: int = 1024      # the seed's θ dimension (norm √1024 = 32)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from llgbm.core.stats import cosine_silhouette
+from llgbm.core.stats import cosine_silhouette, silhouette_null
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import median_time
 from llgbm.core.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, seed_everything
@@ -183,7 +183,8 @@ def scaling_exponent(rows: list[dict]) -> float:
 
 
 def theta_map(run: dict, tasks: tuple[str, ...]):
-    """(silhouette of the inferred θ by task family, by task; a 2-D PCA frame for the figure)."""
+    """(silhouette of the inferred θ by task family, by task; a 2-D PCA frame for the figure; the
+    95th percentile of the family silhouette with shuffled labels, the reference "clusters" must beat)."""
     import pandas as pd
     from sklearn.decomposition import PCA
 
@@ -192,8 +193,10 @@ def theta_map(run: dict, tasks: tuple[str, ...]):
     family = [get_task(t).family for t in task]
     xy = PCA(2, random_state=0).fit_transform(X / np.linalg.norm(X, axis=1, keepdims=True))
     frame = pd.DataFrame(dict(pc1=xy[:, 0], pc2=xy[:, 1], task=task, family=family))
-    fam = cosine_silhouette(X, family) if len(set(family)) > 1 else math.nan
-    return fam, cosine_silhouette(X, task), frame
+    several = len(set(family)) > 1
+    fam = cosine_silhouette(X, family) if several else math.nan
+    null = silhouette_null(X, family) if several else math.nan
+    return fam, cosine_silhouette(X, task), frame, null
 
 
 class CompactTokenizer:

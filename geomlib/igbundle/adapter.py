@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from llgbm.core.utils import check_known
 
 SHEAF_MODES = ("off", "faithful", "normalised")
+PREC_MIN, PREC_MAX = 1e-6, 1e4     # the seed's clamp on the updated precision: σ = prec^-1/2 stays in [0.01, 1000]
 
 
 @dataclass
@@ -170,7 +171,7 @@ class IGBundleAdapter(nn.Module):
         msg = A @ self.msg_processor(torch.cat([m, log_sigma, u], -1))           # (B, T, P, D_bot)
         u_new = u + c.eta_f * self.head_s_u(msg)
         prec = torch.exp(-2 * log_sigma)
-        prec_new = (prec + c.eta_b * self.head_g_ls(msg)).clamp(1e-6, 1e4)
+        prec_new = (prec + c.eta_b * self.head_g_ls(msg)).clamp(PREC_MIN, PREC_MAX)
         log_sigma_new = -0.5 * torch.log(prec_new)
         m_new = m + c.eta_b * self.head_g_m(msg) / (1.0 + prec)
         w_new = w_logits + c.eta_w * self.head_r_w(msg).view(B, T, P)

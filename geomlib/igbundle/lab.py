@@ -28,15 +28,14 @@ class IGLabConfig:
     eval_items: int = 64                     # test items per mixture task (8 tasks × 64 = 512)
     seeds: tuple[int, ...] = (0, 1, 2)
     lora_rank: int = 8                       # the parameter budget: LoRA r 8 on all 7 projections
-    ablation_seeds: tuple[int, ...] = (0,)   # the sheaf ablation's seeds (off and normalised; faithful is the main run)
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)   # the sheaf ablation's seeds (off and normalised; faithful is the main run)
     speed_steps: int = 4                     # steps of the fp32 / NF4 memory-and-speed runs (fresh processes)
     nf4_eval_items: int = 16                 # items per task for the NF4 quality check (NF4 matmuls are slow on CPU)
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "IGLabConfig":
-        base = {"smoke": dict(eval_items=4, seeds=(0, 1), speed_steps=2, nf4_eval_items=2),
-                "quick": dict(), "full": dict(eval_items=100, seeds=(0, 1, 2, 3, 4), ablation_seeds=(0, 1, 2),
-                                              nf4_eval_items=64)}[check_profile(profile)]
+        base = {"smoke": dict(eval_items=4, seeds=(0, 1), ablation_seeds=(0,), speed_steps=2, nf4_eval_items=2),
+                "quick": dict(), "full": dict(eval_items=100, seeds=(0, 1, 2, 3, 4), nf4_eval_items=64)}[check_profile(profile)]
         return preset_config(cls, base, overrides)
 
 
@@ -138,14 +137,18 @@ def params_table(configs: dict[str, IGTrainConfig], model_config) -> dict[str, i
     return out
 
 
-def sheaf_at_init(model, tokenizer, texts: list[str]) -> dict[str, float]:
-    """At the seed's defaults (D_lat 128, τ 1), on the real model's states for `texts`: the faithful
-    sheaf loss and the norm of its gradient (w.r.t. adapters and patch centres), and the normalised
-    loss. The adapters are attached for the measurement and removed after."""
+def sheaf_at_init(model, tokenizer, texts: list[str], latent_dim: int | None = None) -> dict[str, float]:
+    """At the seed's defaults (D_lat 128, τ 1; or at `latent_dim`, e.g. the one notebook 10 trains), on
+    the real model's states for `texts`: the faithful sheaf loss and the norm of its gradient (w.r.t.
+    adapters and patch centres), the largest off-diagonal patch weight ω, and the normalised loss.
+    The adapters are attached for the measurement and removed after."""
     import torch
 
     torch.manual_seed(0)
-    h = host.attach(model, IGBundleConfig(hidden_size=model.config.hidden_size, sheaf="faithful", dropout=0.0))
+    cfg = IGBundleConfig(hidden_size=model.config.hidden_size, sheaf="faithful", dropout=0.0)
+    if latent_dim is not None:
+        cfg = replace(cfg, latent_dim=latent_dim)
+    h = host.attach(model, cfg)
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         model(**batch)
@@ -157,7 +160,7 @@ def sheaf_at_init(model, tokenizer, texts: list[str]) -> dict[str, float]:
         with torch.no_grad():
             value_n = float(sum(normalised(s) for s in h.states.values()))
         assert isinstance(h.sheaf, SheafLoss)
-        return dict(faithful_value=float(faithful), faithful_grad_norm=grad_norm, normalised_value=value_n,
+        return dict(faithful_value=float(faithful), faithful_grad_norm=grad_norm, normalised_value=value_n, latent_dim=h.cfg.latent_dim,
                     faithful_omega_max_offdiag=float((h.sheaf.omega() - torch.eye(8)).abs().max()))
     finally:
         host.detach(model)
@@ -193,13 +196,14 @@ def first_items(scores: dict[str, dict], n: int) -> dict[str, dict]:
 
 
 def paired_metrics(tests, pairs: dict[str, str]) -> dict[str, float]:
-    """metrics.json entries `loglik_diff_<name>` with `_ci_low`/`_ci_high` from a paired-tests table;
-    `pairs` maps the metric name (e.g. 'igbundle_vs_lora') to its row ('igbundle − lora')."""
+    """metrics.json entries `loglik_diff_<name>` and `acc_diff_<name>`, each with `_ci_low`/`_ci_high`
+    (95% CIs over seeds and tasks), from a paired-tests table; `pairs` maps the metric name (e.g.
+    'igbundle_vs_lora') to its row ('igbundle − lora')."""
     out = {}
     for name, row in pairs.items():
         r = tests.loc[row]
-        out.update({f"loglik_diff_{name}": r["diff_loglik"], f"loglik_diff_{name}_ci_low": r["loglik_lo"],
-                    f"loglik_diff_{name}_ci_high": r["loglik_hi"]})
+        out.update({f"{k}_diff_{name}{s}": r[f"diff_{k}{c}"] for k in ("loglik", "acc")
+                    for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))})
     return out
 
 

@@ -113,11 +113,12 @@ def _cached(path: Path, compute) -> dict:
     return dict(saved, scores=cache.arrays(saved["scores"], float))
 
 
-def baseline_scores(lab, shots: int = 4, progress: bool = True) -> dict[str, dict]:
+def baseline_scores(lab, shots: int = 4, progress: bool = True, seeds=(0,)) -> dict[str, dict]:
     """{"icl": …, "multitask_lora": …, "multitask_lora_zoo_lr": …}: each {scores: {task: {correct,
     loglik}}, seconds, …} on the held-out items every generator is scored on; the multi-task LoRAs
-    (at MULTITASK_LR, and at the zoo's lr) also carry their training losses. Cached under
-    LLGBM_HOME/generators."""
+    (at MULTITASK_LR, and at the zoo's lr) also carry their training losses. "multitask_lora_runs"
+    holds the MULTITASK_LR baseline for every seed of `seeds` ({seed: …}; "multitask_lora" is the
+    first). Cached under LLGBM_HOME/generators."""
     n, held = lab.tcfg.eval_items, lab.heldout
     tag = hash_bytes(f"{lab.root.name}|{'_'.join(held)}|{n}|{shots}".encode())[:16]
     home = llgbm_home() / "generators"
@@ -130,9 +131,9 @@ def baseline_scores(lab, shots: int = 4, progress: bool = True) -> dict[str, dic
             out[t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
         return dict(scores=out, seconds=time.perf_counter() - t0)
 
-    def multitask(lr):
+    def multitask(lr, seed=0):
         adapter, record = train_multitask_lora(lab.model, lab.tokenizer, lab.zoo_cfg, lab.training_tasks,
-                                               model_fingerprint(lab.model_name), progress=progress, lr=lr)
+                                               model_fingerprint(lab.model_name), seed=seed, progress=progress, lr=lr)
         t0, out = time.perf_counter(), {}
         for t in tqdm(held, desc="multi-task LoRA", disable=not progress, leave=False):
             s = evaluate_adapter(lab.model, lab.tokenizer, get_task(t), adapter, n)
@@ -140,9 +141,13 @@ def baseline_scores(lab, shots: int = 4, progress: bool = True) -> dict[str, dic
         return dict(scores=out, seconds=time.perf_counter() - t0, train_seconds=record["train_seconds"],
                     train_steps=record["steps"], adapter=str(adapter), lr=record["config"]["lr"], losses=record["losses"])
 
-    out = {"icl": _cached(home / f"icl-{tag}.json", icl)}
-    for name, lr in (("multitask_lora", MULTITASK_LR), ("multitask_lora_zoo_lr", lab.zoo_cfg.lr)):
-        out[name] = _cached(home / f"multitask-lora-{tag}-lr{lr:g}.json", lambda lr=lr: multitask(lr))
+    def path(lr, seed):      # seed 0 keeps the name it had when the baseline had one seed
+        return home / f"multitask-lora-{tag}-lr{lr:g}{f'-seed{seed}' if seed else ''}.json"
+
+    out = {"icl": _cached(home / f"icl-{tag}.json", icl),
+           "multitask_lora_runs": {s: _cached(path(MULTITASK_LR, s), lambda s=s: multitask(MULTITASK_LR, s)) for s in seeds},
+           "multitask_lora_zoo_lr": _cached(path(lab.zoo_cfg.lr, 0), lambda: multitask(lab.zoo_cfg.lr))}
+    out["multitask_lora"] = out["multitask_lora_runs"][seeds[0]]
     return out
 
 

@@ -17,6 +17,7 @@ from llgbm.core.lora import average_adapters
 from llgbm.core.stats import cosine
 from llgbm.core.utils import check_known, hash_bytes, llgbm_home
 from llgbm.delta import activations, probes
+from llgbm.eval import compare
 from llgbm.eval.scoring import evaluate_adapters
 from llgbm.generator import losses, sample
 from llgbm.generator import supervision as outputs
@@ -94,6 +95,10 @@ class GeneratorLab:
         return {t: self.deltas[[i for i, r in enumerate(self.manifest) if r["task"] == t]] for t in (names or self.heldout)}
 
     def config(self, objective: str, **overrides) -> training.TrainingConfig:
+        """The profile's training config for `objective`; weight-only trains `weight_steps` (to its
+        plateau) unless `steps` is given."""
+        if objective == "weight":
+            overrides.setdefault("steps", self.tcfg.weight_steps)
         return replace(self.tcfg.with_objective(objective), **overrides)
 
     def data_for(self, labeled: bool = False, shots: int | None = None, tasks: list[str] | None = None) -> GeneratorData:
@@ -140,18 +145,22 @@ class GeneratorLab:
                              f"load the lab for that model, or train a generator for this one")
 
     def evaluate(self, result: training.TrainResult, progress: bool = True, condition=None, loglik_only: bool = False,
-                 n_items: int | None = None) -> dict[str, dict]:
-        """Held-out scores of a generator run (see `sample.evaluate`); `n_items` defaults to the profile's."""
-        return self.evaluate_many([result], progress, condition, loglik_only, n_items)[0]
+                 n_items: int | None = None, split: str = "test") -> dict[str, dict]:
+        """Held-out scores of a generator run (see `sample.evaluate`) on the profile's test items, or
+        on its dev items (`split="dev"`); `n_items` instead scores the first n items, unsplit."""
+        return self.evaluate_many([result], progress, condition, loglik_only, n_items, split)[0]
 
     def evaluate_many(self, results: list[training.TrainResult], progress: bool = True, condition=None,
-                      loglik_only: bool = False, n_items: int | None = None) -> list[dict[str, dict]]:
-        """`evaluate` for several runs or checkpoints at once, in shared forwards (`sample.evaluate_many`)."""
+                      loglik_only: bool = False, n_items: int | None = None, split: str = "test") -> list[dict[str, dict]]:
+        """`evaluate` for several runs or checkpoints at once, in shared forwards (`sample.evaluate_many`).
+        Test and dev items are scored together, once, and cached: either split reads the same cache."""
         with_delta = self.supervision is not None
-        return sample.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
-                                        self.zoo_cfg.lora_config(), self.heldout, n_items or self.tcfg.eval_items,
-                                        self.supervision if with_delta else None,
-                                        self.teacher_deltas() if with_delta else None, progress, condition, loglik_only)
+        n = n_items or self.tcfg.eval_items + self.tcfg.dev_items
+        scores = sample.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
+                                      self.zoo_cfg.lora_config(), self.heldout, n,
+                                      self.supervision if with_delta else None,
+                                      self.teacher_deltas() if with_delta else None, progress, condition, loglik_only)
+        return scores if n_items else [compare.split_items(s, split, self.tcfg.eval_items) for s in scores]
 
     def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
         """Per training task: mean cos(Δ of the adapter generated from its prompts, its teachers' Δ)."""
@@ -180,15 +189,18 @@ class GeneratorLab:
                for t in self.heldout + self.training_tasks}
         return {h: max(self.training_tasks, key=lambda t: float(cosine(emb[h], emb[t])[0])) for h in self.heldout}
 
-    def reference_scores(self, progress: bool = True) -> dict[str, dict[str, dict]]:
-        """Per-item scores on the held-out items `evaluate` uses, for every REFERENCES method:
-        {method: {task: {correct, loglik}}}, plus {"nearest": {task: training task}}. Cached."""
-        key = f"reference-v2-{self.root.name}-{'_'.join(self.heldout)}-{self.tcfg.eval_items}"
+    def reference_scores(self, progress: bool = True, split: str = "test") -> dict[str, dict[str, dict]]:
+        """Per-item scores on the held-out items `evaluate` uses (its test or dev `split`), for every
+        REFERENCES method: {method: {task: {correct, loglik}}}, plus {"nearest": {task: training task}}.
+        Both splits are scored together, once, and cached."""
+        n = self.tcfg.eval_items + self.tcfg.dev_items
+        key = f"reference-v2-{self.root.name}-{'_'.join(self.heldout)}-{n}"
         path = llgbm_home() / "generators" / f"reference-{hash_bytes(key.encode())[:16]}.json"
-        saved = cache.cached(path, lambda: self._reference_scores(progress))
-        return dict({m: cache.arrays(rows) for m, rows in saved.items() if m != "nearest"}, nearest=saved["nearest"])
+        saved = cache.cached(path, lambda: self._reference_scores(progress, n))
+        return dict({m: compare.split_items(cache.arrays(rows), split, self.tcfg.eval_items)
+                     for m, rows in saved.items() if m != "nearest"}, nearest=saved["nearest"])
 
-    def _reference_scores(self, progress: bool) -> dict:
+    def _reference_scores(self, progress: bool, n: int) -> dict:
         final, nearest = self.final_checkpoints(), self.nearest_tasks()
         mean_lora = average_adapters([self.root / final[t] for t in self.training_tasks])
         out = {m: {} for m in REFERENCES}
@@ -196,7 +208,7 @@ class GeneratorLab:
             task = tasks.get_task(t)
             adapters = {"base": None, "mean_lora": mean_lora, "nearest_lora": self.root / final[nearest[t]],
                         "teacher": self.root / final[t]}
-            scores = evaluate_adapters(self.model, self.tokenizer, task, list(adapters.values()), n=self.tcfg.eval_items,
+            scores = evaluate_adapters(self.model, self.tokenizer, task, list(adapters.values()), n=n,
                                        lora_config=self.zoo_cfg.lora_config())   # the four in shared forwards
             for m, s in zip(adapters, scores):
                 out[m][t] = dict(correct=s.correct.astype(float), loglik=s.loglik)

@@ -20,6 +20,7 @@ from peft import PeftModel
 from llgbm.core import stats
 from llgbm.core.tasks import get_task, register_task
 from llgbm.core.utils import check_profile, preset_config
+from llgbm.eval import compare
 from llgbm.eval.scoring import evaluate_task
 from llgbm.generator.dataset import condition_texts
 from llgbm.lab.baselines import demonstrations
@@ -92,51 +93,71 @@ def learning_curve(lab, zcfg: ZeroShotConfig, ref: dict, method: str, objective:
 def run_method(lab, zcfg: ZeroShotConfig, ref: dict, method: str, seed: int, objective: str | None = None,
                labeled: bool = False, progress: bool = True):
     """Train one generator method to its steps (through its learning-curve points) and score it on the
-    held-out items: (TrainResult, held-out scores, curve rows). `labeled` conditions on labeled
+    held-out items: (TrainResult, test scores, dev scores, curve rows). `labeled` conditions on labeled
     examples (the few-shot demonstrations at test time) and trains with `objective`."""
     objective = objective or method
     kw = dict(labeled=True, shots=zcfg.shots) if labeled else {}
     cond = labeled_condition(zcfg.shots) if labeled else None
     rows = learning_curve(lab, zcfg, ref, method, objective, seed, condition=cond, **kw)
     res = lab.train(objective, seed, progress=progress, **train_kwargs(zcfg, objective), **kw)
-    return res, lab.evaluate(res, progress=False, condition=cond), rows
+    test, dev = (lab.evaluate(res, progress=False, condition=cond, split=split) for split in ("test", "dev"))
+    return res, test, dev, rows
 
 
-def run_all(lab, zcfg: ZeroShotConfig, ref: dict, baseline_evals: dict, seeds: list[int], progress: bool = True) -> dict:
+def baseline_runs(ref: dict, scored: dict) -> tuple[dict, dict]:
+    """The baselines as runs beside the generators: ({(method, seed): held-out scores}, {(method, seed):
+    {"loss": training losses}}): the references (`reference_scores`) and few-shot prompting once, the
+    multi-task LoRA at every seed, and at the zoo's lr once (`baselines.baseline_scores`)."""
+    evals = ({(m, 0): ref[m] for m in ("base", "mean_lora", "nearest_lora", "teacher")}
+             | {(m, 0): scored[m]["scores"] for m in ("icl", "multitask_lora_zoo_lr")}
+             | {("multitask_lora", s): e["scores"] for s, e in scored["multitask_lora_runs"].items()})
+    hist = {("multitask_lora", s): {"loss": e["losses"]} for s, e in scored["multitask_lora_runs"].items()}
+    return evals, hist | {("multitask_lora_zoo_lr", 0): {"loss": scored["multitask_lora_zoo_lr"]["losses"]}}
+
+
+def train_seconds(out: dict, scored: dict) -> dict[str, float]:
+    """The recorded training time of every generator run of `run_all` and of every multi-task LoRA seed."""
+    return dict(generator_train_seconds=sum(r.seconds for r in out["runs"].values()),
+                multitask_lora_train_seconds=sum(e["train_seconds"] for e in scored["multitask_lora_runs"].values()))
+
+
+def run_all(lab, zcfg: ZeroShotConfig, ref: dict, ref_dev: dict, baseline_evals: dict, seeds: list[int], progress: bool = True) -> dict:
     """Every objective of `zcfg` over `seeds`, then the labeled-example generator trained with the
-    objective that did best prompt-only: {"evals": {(method, seed): held-out scores} (the baselines'
-    included), "runs": {(method, seed): TrainResult}, "curves": learning-curve rows, "best_prompt_only"}."""
-    evals, runs, curves = dict(baseline_evals), {}, []
+    objective that did best prompt-only on the dev items: {"evals": {(method, seed): test scores}
+    (the baselines' included), "dev": {(method, seed): dev scores} (generators only), "runs":
+    {(method, seed): TrainResult}, "curves": learning-curve rows, "best_prompt_only"}."""
+    evals, dev, runs, curves = dict(baseline_evals), {}, {}, []
     for m in zcfg.objectives:
         for s in seeds:
-            runs[m, s], evals[m, s], rows = run_method(lab, zcfg, ref, m, s, progress=progress)
+            runs[m, s], evals[m, s], dev[m, s], rows = run_method(lab, zcfg, ref, m, s, progress=progress)
             curves += rows
-    best = best_generator(methods_table(evals, ref, lab.heldout), zcfg.objectives)
+    best = best_generator(methods_table(dev, ref_dev, lab.heldout), zcfg.objectives)
     for s in seeds:
-        runs["labeled", s], evals["labeled", s], rows = run_method(lab, zcfg, ref, "labeled", s, objective=best, labeled=True,
-                                                                   progress=progress)
+        runs["labeled", s], evals["labeled", s], dev["labeled", s], rows = run_method(
+            lab, zcfg, ref, "labeled", s, objective=best, labeled=True, progress=progress)
         curves += rows
-    return dict(evals=evals, runs=runs, curves=pd.DataFrame(curves), best_prompt_only=best)
+    return dict(evals=evals, dev=dev, runs=runs, curves=pd.DataFrame(curves), best_prompt_only=best)
 
 
 def scaling(lab, zcfg: ZeroShotConfig, ref: dict, objective: str, full_runs: dict[int, dict],
             progress: bool = True) -> pd.DataFrame:
-    """Log-lik gap recovery (95% CI over items) of `objective` trained on family-balanced subsets of
-    the training tasks, per seed of `scaling_seeds`; `full_runs` ({seed: held-out scores}) is the run
-    on all of them."""
+    """Log-lik gap recovery of `objective` trained on family-balanced subsets of the training tasks
+    (seeds `scaling_seeds`) and on all of them (`full_runs`, {seed: held-out scores}: every seed of
+    the main run), one row per size: the seeds, the mean, and its 95% CI over seeds and tasks."""
     held, rows = lab.heldout, []
     subsets = balanced_subsets(lab.training_tasks, tuple(s for s in zcfg.scaling_sizes if s < len(lab.training_tasks)))
-    for seed in zcfg.scaling_seeds:
-        for n, names in [*subsets.items(), (len(lab.training_tasks), None)]:
-            if names is None:
-                ev = full_runs[seed]
-            else:
-                res = lab.train(objective, seed, progress=progress, tasks=names, steps=zcfg.steps(objective))
-                ev = lab.evaluate(res, progress=False)
-            gr = stats.gap_recovery(stats.pooled(ref["base"], "loglik", held), stats.pooled(ev, "loglik", held),
-                                    stats.pooled(ref["teacher"], "loglik", held))
-            rows.append({"training tasks": n, "seed": seed, "seed_gap_loglik": gr[0], "CI low": gr[1], "CI high": gr[2],
-                         "exact_match": stats.pooled(ev, "correct", held).mean()})
+    sizes = compare.task_sizes(ref["base"], held)
+    for n, names in [*subsets.items(), (len(lab.training_tasks), None)]:
+        if names is None:
+            evs = list(full_runs.values())
+        else:
+            evs = [lab.evaluate(lab.train(objective, seed, progress=progress, tasks=names, steps=zcfg.steps(objective)), progress=False)
+                   for seed in zcfg.scaling_seeds]
+        runs = {"g": np.stack([stats.pooled(ev, "loglik", held) for ev in evs]), "b": stats.pooled(ref["base"], "loglik", held),
+                "t": stats.pooled(ref["teacher"], "loglik", held)}
+        gr = stats.hierarchical_bootstrap(runs, sizes, stats.ratio_of_gaps("g", "b", "t"))
+        rows.append({"training tasks": n, "seeds": len(evs), "seed_gap_loglik": gr.mean, "CI low": gr.lo, "CI high": gr.hi,
+                     "exact_match": float(np.mean([stats.pooled(ev, "correct", held).mean() for ev in evs]))})
     return pd.DataFrame(rows)
 
 
@@ -193,15 +214,15 @@ def curve_figure(frame: pd.DataFrame, refs: dict[str, float]):
 
 
 def scaling_figure(frame: pd.DataFrame, objective: str, refs: dict[str, float]):
-    """Gap recovery (with its item-bootstrap 95% CI) against the number of training tasks."""
+    """Gap recovery (with its 95% CI over seeds and tasks) against the number of training tasks."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
-    for seed, g in frame.groupby("seed"):
-        g = g.sort_values("training tasks")
-        ax.errorbar(g["training tasks"], g["seed_gap_loglik"],
-                    yerr=[g["seed_gap_loglik"] - g["CI low"], g["CI high"] - g["seed_gap_loglik"]],
-                    marker="o", capsize=4, label=f"{METHODS.get(objective, objective)}, seed {seed}")
+    g = frame.sort_values("training tasks")
+    ax.errorbar(g["training tasks"], g["seed_gap_loglik"], yerr=[g["seed_gap_loglik"] - g["CI low"], g["CI high"] - g["seed_gap_loglik"]],
+                marker="o", capsize=4, label=f"{METHODS.get(objective, objective)} (95% CI over seeds and tasks)")
+    for x, y, n in zip(g["training tasks"], g["seed_gap_loglik"], g["seeds"]):
+        ax.annotate(f"{n} seed{'s' * (n > 1)}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=7)
     for i, (name, v) in enumerate(refs.items()):
         ax.axhline(v, ls="--", lw=1, color=sns.color_palette("dark")[i % 10], label=name)
     ax.axhline(0, color="k", lw=0.8)

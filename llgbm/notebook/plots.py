@@ -12,6 +12,9 @@ from llgbm.lab.ledgers.zeroshot import METHODS
 from llgbm.lab.zeroshot import curve_figure
 
 PALETTE = "colorblind"
+# The two gap-recovery panels of `estimates_with_ci`, on the hierarchical CIs of `compare.objective_table`.
+GAP_PANELS = {"gap recovery of gold log-lik (fraction)": ("gap_loglik", "gap_loglik_lo", "gap_loglik_hi", ""),
+              "gap recovery of exact match (fraction)": ("gap_acc", "gap_acc_lo", "gap_acc_hi", "")}
 
 
 def set_theme() -> None:
@@ -25,16 +28,22 @@ set_theme()
 def seed_points(frame: pd.DataFrame, metrics: dict[str, str], title: str, x: str = "method",
                 refs: dict[str, dict[str, float]] | None = None):
     """One panel per metric: each seed as a dot, the mean over seeds with its 95% CI (bootstrap over
-    seeds). `metrics` maps a column of `frame` to its axis label (with unit); `refs` adds dashed
-    reference lines per metric ({column: {label: value}})."""
+    seeds), and runs flagged in the frame's `diverged` column ringed in red. `metrics` maps a column
+    of `frame` to its axis label (with unit); `refs` adds dashed reference lines per metric
+    ({column: {label: value}})."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.0), squeeze=False, layout="constrained")
+    flagged = frame["diverged"].astype(bool) if "diverged" in frame else pd.Series(False, index=frame.index)
     for ax, (col, label) in zip(axes[0], metrics.items()):
         sns.pointplot(frame, x=x, y=col, errorbar=("ci", 95), linestyle="none", capsize=0.2, color="0.2",
                       marker="D", markersize=6, ax=ax)
         sns.stripplot(frame, x=x, y=col, hue=x, palette=PALETTE, size=6, jitter=0.08, alpha=0.8, legend=False, ax=ax)
+        if flagged.any():   # diverged runs: counted in the mean, ringed in red so no reader misses them
+            pos = {c: i for i, c in enumerate(dict.fromkeys(frame[x]))}
+            ax.scatter(frame.loc[flagged, x].map(pos), frame.loc[flagged, col], s=140, facecolors="none",
+                       edgecolors="red", linewidths=1.5, zorder=4, label=f"diverged run ({int(flagged.sum())})")
         for i, (name, value) in enumerate((refs or {}).get(col, {}).items()):
             ax.axhline(value, ls="--", lw=1, color=sns.color_palette(PALETTE)[-(i + 1)], label=name)
-        if (refs or {}).get(col):
+        if (refs or {}).get(col) or flagged.any():
             ax.legend(fontsize=7)
         ax.set(xlabel="", ylabel=label)
         _slant(ax)
@@ -138,11 +147,10 @@ def zeroshot_figures(out: dict, scored: dict, table: pd.DataFrame, refs: dict[st
     """Notebook 06's figures by file name: the multi-task LoRA's training loss at its two learning
     rates, each objective's learning curve against the baselines' lines `refs`, and the held-out gap
     recoveries with their CIs (base model left out)."""
-    mt = {f"lr {scored[m]['lr']:g}": scored[m]["losses"] for m in ("multitask_lora", "multitask_lora_zoo_lr")}
-    panels = {"gap recovery of gold log-lik (fraction)": ("gap_loglik", "loglik_lo", "loglik_hi", ""),
-              "gap recovery of exact match (fraction)": ("gap_acc", "acc_lo", "acc_hi", "")}
+    mt = {f"lr {e['lr']:g}, seed {seed}": e["losses"] for seed, e in scored["multitask_lora_runs"].items()}
+    mt[f"lr {scored['multitask_lora_zoo_lr']['lr']:g} (the zoo's), seed 0"] = scored["multitask_lora_zoo_lr"]["losses"]
     return {"fig_0_multitask_lora_loss": curves(mt, "training loss (nats per answer token)",
-                                                "The multi-task LoRA baseline's training loss, two learning rates"),
+                                                "The multi-task LoRA baseline's training loss: its seeds, and the zoo's learning rate"),
             "fig_1_learning_curves": curve_figure(out["curves"], refs),
-            "fig_2_gap_recovery": estimates_with_ci(table.drop(index=[METHODS["base"]]), panels,
-                                                    f"Held-out gap recovery, {n_items} items (95% CI over items)")}
+            "fig_2_gap_recovery": estimates_with_ci(table.drop(index=[METHODS["base"]]), GAP_PANELS,
+                                                    f"Held-out gap recovery, {n_items} items (95% CI over seeds and tasks)")}

@@ -11,11 +11,14 @@ from pathlib import Path
 
 from llgbm.core.utils import REPO_ROOT, atomic_file, atomic_write_bytes, atomic_write_json, check_profile
 from llgbm.eval.compare import labelled
+from llgbm.notebook.cite import check_cited, uncited  # noqa: F401  (uncited: the report's public check)
 
 SUITE_BUDGET_S = {"quick": 60 * 60}   # the brief's budget for the whole quick suite on 2 cores, cold
 SUITE_WARM_BUDGET_S = {"quick": 10 * 60}   # ... and for a warm rerun of it
-# Cold budgets per notebook in quick on 2 cores (the brief): 00 ≤ 15 min, 04b and 06 ≤ 20 min, others ≤ 10.
-NOTEBOOK_BUDGET_S = {"00_baseline": 15 * 60, "04b_ablations": 20 * 60, "06_zeroshot": 20 * 60}
+# Cold budgets per notebook in quick on 2 cores (the brief): 00 ≤ 15 min, 04b ≤ 20, 06 ≤ 90, 10 ≤ 25,
+# 11 ≤ 15, 12 ≤ 30, others ≤ 10.
+NOTEBOOK_BUDGET_S = {"00_baseline": 15 * 60, "04b_ablations": 20 * 60, "06_zeroshot": 90 * 60, "10_igbundle": 25 * 60,
+                     "11_calabi": 15 * 60, "12_coordinates": 30 * 60}
 DEFAULT_NOTEBOOK_BUDGET_S = 10 * 60
 
 
@@ -48,13 +51,19 @@ class NotebookReport:
                           {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()})
 
     def table(self, df, name: str, caption: str = "", floatfmt: str = ".3f") -> None:
-        """`df` as a markdown table, its stable column keys shown by their labels (`compare.labelled`)."""
-        text = (f"*{caption}*\n\n" if caption else "") + labelled(df).to_markdown(floatfmt=floatfmt) + "\n"
+        """`df` as a markdown table, its stable column keys shown by their labels (`compare.labelled`),
+        a missing or undefined value (a single run's spread) as n/a."""
+        text = (f"*{caption}*\n\n" if caption else "") + labelled(df.astype(object).where(df.notna(), None)).to_markdown(floatfmt=floatfmt, missingval="n/a") + "\n"
         atomic_write_bytes(self.dir / f"{name}.md", text.encode())
 
-    def note(self, name: str, markdown: str) -> None:
-        """A paragraph for REPORT.md (a verdict, a caveat), rendered in name order with the tables."""
+    def note(self, name: str, markdown: str) -> str:
+        """A paragraph for REPORT.md (a verdict, a caveat), rendered in name order with the tables, and
+        returned for the notebook to show. A verdict note (its name holds "verdict") may cite only
+        numbers in this notebook's metrics."""
+        if "verdict" in name:
+            check_cited(markdown, self.metrics, f"{self.stem} note {name!r}")
         atomic_write_bytes(self.dir / f"{name}.md", (markdown.strip() + "\n").encode())
+        return markdown
 
     def figure(self, fig, name: str) -> Path:
         path = self.dir / f"{name}.png"
@@ -77,7 +86,9 @@ class NotebookReport:
         return entry.verdict
 
     def claim(self, claim: str, source: str, verdict: str, evidence: str) -> None:
-        """A claims-ledger row: what was claimed, by whom, and what we measured."""
+        """A claims-ledger row: what was claimed, by whom, and what we measured; its verdict and evidence
+        may cite only numbers in this notebook's metrics (log them first)."""
+        check_cited(f"{verdict} | {evidence}", self.metrics, f"{self.stem} claim {claim!r}")
         self.claims.append(dict(claim=claim, source=source, verdict=verdict, evidence=evidence))
         atomic_write_json(self.dir / "claims.json", self.claims)
 

@@ -1,74 +1,117 @@
-"""Notebook 04b's metrics, claims-ledger rows and verdict, from its objective table
-(`compare.objective_table`) and paired tests (`PAIRS`), so that the wording follows each run's numbers."""
+"""Notebook 04b's analysis, metrics, claims-ledger rows and verdict: the objectives' table over seeds
+(hierarchical CIs, diverged runs flagged), their paired tests with every run and again without the
+flagged ones, and the behavioural objective chosen on dev items, judged on test items."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pandas as pd
 
-from llgbm.core import stats
+from llgbm.eval import compare
+from llgbm.lab.ledgers import Entry
 
 PAIRS = (("delta", "weight"), ("multitask", "weight"), ("delta", "multitask"))
 COS = "delta_cos_mean"
+TARGET_COS, TARGET_P, TARGET_GAP = 0.5, 0.05, 0.5     # lab targets (issue 5)
+ANCHOR_COS = {"weight": 0.003, "multitask": 0.053, "delta": 0.058}   # the public LLGBM attempt (ANCHORS)
 
 
-def metrics(table: pd.DataFrame, tests: pd.DataFrame, objectives, **protocol) -> dict[str, float]:
-    """`protocol` (seeds, steps, items, runs already trained, seconds) and, per objective, its mean
-    cos(Δ̂, Δ), log-lik gap recovery and exact match; per paired test, its sign-flip p and Δ log-lik."""
-    out = dict(protocol)
-    for o in objectives:
-        out.update({f"delta_cos_{o}_mean": table.loc[o, COS], f"delta_cos_{o}_std": table.loc[o, "delta_cos_std"],
-                    f"gap_recovery_{o}_mean": table.loc[o, "seed_gap_loglik_mean"],
-                    f"gap_recovery_{o}_std": table.loc[o, "seed_gap_loglik_std"],
-                    f"gap_recovery_{o}_ci_low": table.loc[o, "loglik_lo"], f"gap_recovery_{o}_ci_high": table.loc[o, "loglik_hi"],
-                    f"acc_{o}_mean": table.loc[o, "exact_match_mean"]})
-    for name, row in tests.iterrows():
-        a, b = name.split(" − ")
-        out.update({f"p_value_{a}_vs_{b}": row["p_signflip"], f"loglik_diff_{a}_vs_{b}": row["diff_loglik"]})
-    return out
+class Analysis(NamedTuple):
+    table: pd.DataFrame       # compare.objective_table on test items, every run
+    tests: pd.DataFrame       # compare.paired_tests of PAIRS, every run
+    frame: pd.DataFrame       # compare.seed_frame: one row per run, `diverged` flagged
+    kept: pd.DataFrame        # PAIRS again without the diverged runs
+    dev: pd.DataFrame         # objective_table on dev items (the choice of the best objective)
+    best: str                 # the behavioural objective with the best dev gap recovery (log-lik)
 
 
-class Reading:
-    """What the verdict and the claims read off the table: the behavioural objective with the best
-    cosine against weight-only (its paired test, the verdict on all three metrics) and the best gap
-    recovery, with both issue-5 targets."""
-
-    def __init__(self, table: pd.DataFrame, tests: pd.DataFrame, objectives):
-        self.objectives = list(objectives)
-        self.best = table.loc[[o for o in objectives if o != "weight"], COS].astype(float).idxmax()
-        self.bw, self.cos_best, self.cos_w = tests.loc[f"{self.best} − weight"], table.loc[self.best, COS], table.loc["weight", COS]
-        self.target_cos = self.cos_best >= 0.5 and self.cos_best > self.cos_w and self.bw["p_signflip"] < 0.05
-        self.gr_best = table["gap_loglik"].astype(float).idxmax()
-        self.target_gr = table.loc[self.gr_best, "gap_loglik"] >= 0.5 and table.loc[self.gr_best, "loglik_lo"] > 0
-        bw = self.bw
-        self.behaviour = stats.comparison_verdict({"cos(Δ̂, Δ)": (bw["cos_lo"], bw["cos_hi"]),
-                                                   "gold log-lik": (bw["loglik_lo"], bw["loglik_hi"]),
-                                                   "exact match": (bw["acc_lo"], bw["acc_hi"])})
-        self.cosines = " / ".join(f"{o} {table.loc[o, COS]:.3f} ± {table.loc[o, 'delta_cos_std']:.3f}" for o in objectives)
+def analyse(evals: dict, dev: dict, ref: dict, ref_dev: dict, held: list[str], histories: dict) -> Analysis:
+    """Every table of the notebook from the runs' test and dev scores ({(objective, seed): scores})."""
+    frame = compare.seed_frame(evals, ref, held, histories)
+    dev_table = compare.objective_table(dev, ref_dev, held, histories)
+    behavioural = [o for o in compare.methods_of(evals) if o != "weight"]
+    best = dev_table.loc[behavioural, "gap_loglik"].astype(float).idxmax()
+    return Analysis(compare.objective_table(evals, ref, held, histories), compare.paired_tests(evals, held, list(PAIRS)), frame,
+                    compare.paired_tests(compare.without_diverged(evals, frame), held, list(PAIRS)), dev_table, best)
 
 
-def claims(table: pd.DataFrame, r: Reading, n_held: int, n_seeds: int, steps: int) -> list[tuple[str, str, str, str]]:
-    bw, p = r.bw, r.bw["p_signflip"]
-    g = table.loc[r.gr_best]
+def _key(name: str) -> str:
+    return name.replace(" − ", "_vs_")
+
+
+def metrics(A: Analysis, **protocol) -> dict[str, float]:
+    """`protocol` (seeds, steps, items, runs already trained, seconds), the targets, and per objective
+    its cosine, gap recoveries with hierarchical and item-only CIs, exact match and diverged seeds;
+    per paired test (with every run and without the diverged ones) its differences with CIs."""
+    out = dict(protocol, target_cos=TARGET_COS, target_p=TARGET_P, target_gap_recovery=TARGET_GAP,
+               floor_gap_recovery=compare.GAP_FLOOR, dev_gap_recovery_best=A.dev.loc[A.best, "gap_loglik"],
+               **{f"anchor_cos_{o}": v for o, v in ANCHOR_COS.items()})
+    for o, row in A.table.iterrows():
+        out.update({f"delta_cos_{o}_mean": row[COS], f"delta_cos_{o}_std": row["delta_cos_std"],
+                    f"delta_cos_{o}_ci_low": row["delta_cos_lo"], f"delta_cos_{o}_ci_high": row["delta_cos_hi"],
+                    f"gap_recovery_{o}_mean": row["gap_loglik"], f"gap_recovery_{o}_std": row["seed_gap_loglik_std"],
+                    f"gap_recovery_{o}_ci_low": row["gap_loglik_lo"], f"gap_recovery_{o}_ci_high": row["gap_loglik_hi"],
+                    f"gap_recovery_{o}_item_ci_low": row["gap_loglik_item_lo"], f"gap_recovery_{o}_item_ci_high": row["gap_loglik_item_hi"],
+                    f"gap_recovery_acc_{o}": row["gap_acc"], f"acc_{o}_mean": row["exact_match_mean"],
+                    f"diverged_seeds_{o}": row["n_diverged"], f"n_seeds_{o}": row["n_seeds"]})
+    for tag, tests in (("", A.tests), ("kept_", A.kept)):
+        for name, row in tests.iterrows():
+            k = _key(name)
+            out.update({f"{tag}p_value_{k}": row["p_signflip"], f"{tag}cos_diff_{k}": row["diff_cos"],
+                        f"{tag}cos_diff_{k}_ci_low": row["diff_cos_lo"], f"{tag}cos_diff_{k}_ci_high": row["diff_cos_hi"],
+                        **{f"{tag}{m}_diff_{k}{s}": row[f"diff_{m}{c}"] for m in ("loglik", "acc")
+                           for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))}})
+    return out | compare.run_metrics(A.frame)
+
+
+def _behaviour(d) -> str:
+    return compare.verdict_of(d, ("cos", "loglik", "acc"))
+
+
+def claims(A: Analysis, n_held: int, n_seeds: int, steps: int) -> list[tuple[str, str, str, str]]:
+    t, best = A.table, A.best
+    bw, kept = A.tests.loc[f"{best} − weight"], A.kept.loc[f"{best} − weight"]
+    b = t.loc[best]
+    target_cos = b[COS] >= TARGET_COS and b[COS] > t.loc["weight", COS] and bw["p_signflip"] < TARGET_P
+    target_gr = b["gap_loglik"] >= TARGET_GAP and b["gap_loglik_lo"] > 0
+    flagged = int(t["n_diverged"].sum())
     return [
-        ("Behavioural matching (delta loss) beats weight matching for generated adapters", "LLGBM (seed 002)", r.behaviour,
-         f"held-out cos(Δ̂, Δ): {r.best} {r.cos_best:.3f} vs weight {r.cos_w:.3f} (p = {p:.3f}, {n_held} tasks); "
-         f"gold log-lik {bw['diff_loglik']:+.3f} [{bw['loglik_lo']:+.3f}, {bw['loglik_hi']:+.3f}] per token; "
-         f"exact match {bw['diff_acc'] * 100:+.1f} points [{bw['acc_lo'] * 100:+.1f}, {bw['acc_hi'] * 100:+.1f}]"),
+        ("Behavioural matching (delta loss) beats weight matching for generated adapters", "LLGBM (seed 002)", _behaviour(bw),
+         f"{best} (chosen on dev) − weight, {n_held} held-out tasks, 95% CIs over seeds and tasks: cos(Δ̂, Δ) "
+         f"{bw['diff_cos']:+.3f} [{bw['diff_cos_lo']:+.3f}, {bw['diff_cos_hi']:+.3f}] (sign-flip p = {bw['p_signflip']:.3f}); "
+         + compare.evidence(bw) + (f"; without the {flagged} diverged run(s): {_behaviour(kept)}, log-lik {kept['diff_loglik']:+.3f} "
+                                   f"[{kept['diff_loglik_lo']:+.3f}, {kept['diff_loglik_hi']:+.3f}]" if flagged else "")),
         ("Ablation: cos(Δ̂, Δ) weight / multitask / delta", "public LLGBM attempt: 0.003 / 0.053 / 0.058 (ANCHORS)", "measured",
-         f"{r.cosines} ({n_seeds} seeds, {steps} steps)"),
-        ("A delta-supervised generator reaches cos(Δ̂, Δ) ≥ 0.5 on held-out adapters, above weight-only with p < 0.05",
-         "lab target (issue 5)", "met" if r.target_cos else "not met", f"best {r.best}: {r.cos_best:.3f} vs {r.cos_w:.3f}, p = {p:.3f}"),
-        ("Held-out gap recovery (log-lik) ≥ 0.5 with a CI excluding 0", "lab target (issue 5)", "met" if r.target_gr else "not met",
-         f"best {r.gr_best}: {g['gap_loglik']:.3f} [{g['loglik_lo']:.3f}, {g['loglik_hi']:.3f}]"),
+         " / ".join(f"{o} {t.loc[o, COS]:.3f} [{t.loc[o, 'delta_cos_lo']:.3f}, {t.loc[o, 'delta_cos_hi']:.3f}]" for o in t.index)
+         + f" ({n_seeds} seeds, {steps} steps)"),
+        (f"A delta-supervised generator reaches cos(Δ̂, Δ) ≥ {TARGET_COS} on held-out adapters, above weight-only with p < {TARGET_P}",
+         "lab target (issue 5)", "met" if target_cos else "not met",
+         f"{best}: {b[COS]:.3f} vs weight {t.loc['weight', COS]:.3f}, p = {bw['p_signflip']:.3f}"),
+        (f"Held-out gap recovery (log-lik) ≥ {TARGET_GAP} with a CI excluding 0", "lab target (issue 5)", "met" if target_gr else "not met",
+         f"{best} (chosen on dev): {b['gap_loglik']:.3f} [{b['gap_loglik_lo']:.3f}, {b['gap_loglik_hi']:.3f}] over seeds and tasks"),
     ]
 
 
-def verdict(table: pd.DataFrame, r: Reading, n_held: int, seconds: float, cached: int, n_runs: int) -> str:
-    t, o = table, r.objectives
-    return ("Held-out cos(Δ̂, Δ) is " + ", ".join(f"{x} {t.loc[x, COS]:.3f} ± {t.loc[x, 'delta_cos_std']:.3f}" for x in o)
-            + f" ({r.best} vs weight: p = {r.bw['p_signflip']:.3f} over {n_held} tasks). Gap recovery (log-lik) is "
-            + ", ".join(f"{x} {t.loc[x, 'gap_loglik']:.3f} [{t.loc[x, 'loglik_lo']:.3f}, {t.loc[x, 'loglik_hi']:.3f}]"
-                        for x in o)
-            + "; of the exact-match gap: " + ", ".join(f"{x} {t.loc[x, 'gap_acc']:.3f}" for x in o)
-            + f". {r.best} against weight-only: {r.behaviour}. Targets: cos ≥ 0.5 with p < 0.05 {'met' if r.target_cos else 'not met'}; "
-            f"gap recovery ≥ 0.5 {'met' if r.target_gr else 'not met'}. The notebook took {seconds / 60:.1f} min ({cached} of {n_runs} "
-            f"runs already trained by notebooks 00 and 04).")
+def verdict(A: Analysis, n_held: int, seconds: float, cached: int, n_runs: int) -> str:
+    t, best = A.table, A.best
+    bw, kept = A.tests.loc[f"{best} − weight"], A.kept.loc[f"{best} − weight"]
+    flagged = A.frame[A.frame.diverged]
+    runs = ", ".join(f"{r.method} seed {r.seed} (gap recovery {r.seed_gap_loglik:.3f}: {r.diverged_reason})"
+                     for r in flagged.itertuples())
+    same = _behaviour(kept) == _behaviour(bw)
+    return ("Held-out cos(Δ̂, Δ) is " + ", ".join(f"{o} {t.loc[o, COS]:.3f}" for o in t.index)
+            + ". Gap recovery (log-lik, all seeds, 95% CI over seeds and tasks) is "
+            + ", ".join(f"{o} {t.loc[o, 'gap_loglik']:.3f} [{t.loc[o, 'gap_loglik_lo']:.3f}, {t.loc[o, 'gap_loglik_hi']:.3f}]"
+                        for o in t.index)
+            + f". Chosen on dev items (gap recovery {A.dev.loc[best, 'gap_loglik']:.3f}), {best} against weight-only on the test "
+            f"items: {_behaviour(bw)} (cos p = {bw['p_signflip']:.3f} over {n_held} tasks). "
+            + (f"**{len(flagged)} run(s) diverged**: {runs}. Without them the verdict is {_behaviour(kept)}"
+               f"{' (unchanged)' if same else ' (it changes)'}, log-lik {kept['diff_loglik']:+.3f} "
+               f"[{kept['diff_loglik_lo']:+.3f}, {kept['diff_loglik_hi']:+.3f}]. " if len(flagged) else "No run diverged. ")
+            + f"The notebook took {seconds / 60:.1f} min; {cached} of {n_runs} runs were already trained (cached by an earlier run).")
+
+
+def entry(A: Analysis, n_held: int, n_seeds: int, steps: int, seconds: float, cached: int, n_runs: int, **protocol) -> Entry:
+    return Entry(metrics(A, n_seeds=n_seeds, steps=steps, runs_already_trained=cached, runs=n_runs, heldout_tasks=n_held,
+                         notebook_seconds=seconds, **protocol),
+                 claims(A, n_held, n_seeds, steps), verdict(A, n_held, seconds, cached, n_runs))

@@ -1,34 +1,49 @@
 """Notebook 05's metrics, claim and verdict: the delta-only generator trained longer against the
-weight-only (phase 0) baseline, on held-out tasks."""
+weight-only (phase 0, trained to its plateau) baseline and against its own shorter run, on held-out
+tasks, over every seed (hierarchical CIs; diverged runs flagged and named)."""
 from __future__ import annotations
 
 import pandas as pd
 
 from llgbm.core import stats
+from llgbm.eval import compare
 from llgbm.lab.ledgers import Entry
 
-LONG, BASELINE = "delta-only, long", "weight-only (phase 0)"
+LONG, SHORT, BASELINE = "delta-only, long", "delta-only, short", "weight-only (phase 0)"
+PAIRS = ((LONG, BASELINE), (LONG, SHORT))
 
 
-def entry(table: pd.DataFrame, d: pd.Series, *, long_steps: int, short_steps: int, seeds: list[int], train_seconds: float) -> Entry:
-    """`table` from `compare.objective_table`; `d` the paired test LONG − BASELINE (`compare.paired_tests`)."""
-    L, W = table.loc[LONG], table.loc[BASELINE]
-    m = dict(steps_long=long_steps, n_seeds=len(seeds), delta_cos_long=L["delta_cos_mean"], gap_recovery_long=L["gap_loglik"],
-             gap_recovery_long_ci_low=L["loglik_lo"], gap_recovery_long_ci_high=L["loglik_hi"],
-             gap_recovery_acc_long=L["gap_acc"], gap_recovery_baseline=W["gap_loglik"],
-             delta_cos_baseline=W["delta_cos_mean"], loglik_diff_vs_baseline=d["diff_loglik"],
-             loglik_diff_vs_baseline_ci_low=d["loglik_lo"], loglik_diff_vs_baseline_ci_high=d["loglik_hi"],
-             acc_diff_vs_baseline=d["diff_acc"], acc_diff_vs_baseline_ci_low=d["acc_lo"],
-             acc_diff_vs_baseline_ci_high=d["acc_hi"], train_seconds_long=train_seconds)
-    verdict_long = stats.comparison_verdict({"gold log-lik": (d["loglik_lo"], d["loglik_hi"]),
-                                             "exact match": (d["acc_lo"], d["acc_hi"])})
+def entry(table: pd.DataFrame, tests: pd.DataFrame, frame: pd.DataFrame, *, steps: dict[str, int], seeds: list[int],
+          train_seconds: float, plateau: float) -> Entry:
+    """`table` from `compare.objective_table`, `tests` the paired tests of PAIRS (`compare.paired_tests`),
+    `frame` the runs (`compare.seed_frame`), `steps` each method's training steps, `plateau` the
+    baseline's largest `stats.plateau_drop` over its seeds."""
+    L, S, W = table.loc[LONG], table.loc[SHORT], table.loc[BASELINE]
+    d, ds = tests.loc[f"{LONG} − {BASELINE}"], tests.loc[f"{LONG} − {SHORT}"]
+    m = dict(steps_long=steps[LONG], steps_short=steps[SHORT], steps_baseline=steps[BASELINE], n_seeds=len(seeds),
+             delta_cos_long=L["delta_cos_mean"], delta_cos_short=S["delta_cos_mean"], delta_cos_baseline=W["delta_cos_mean"],
+             train_seconds_long=train_seconds, diverged_long=L["n_diverged"], diverged_short=S["n_diverged"],
+             diverged_baseline=W["n_diverged"], baseline_plateau_drop=plateau, plateau_threshold=stats.PLATEAU)
+    for tag, row in (("long", L), ("short", S), ("baseline", W)):
+        m.update({f"gap_recovery_{tag}": row["gap_loglik"], f"gap_recovery_{tag}_ci_low": row["gap_loglik_lo"],
+                  f"gap_recovery_{tag}_ci_high": row["gap_loglik_hi"], f"gap_recovery_acc_{tag}": row["gap_acc"]})
+    for tag, row in (("vs_baseline", d), ("vs_short", ds)):
+        m.update({f"{k}_diff_{tag}{s}": row[f"diff_{k}{c}"] for k in ("loglik", "acc")
+                  for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))})
+    m.update(compare.run_metrics(frame))
+    flagged = frame[frame.diverged]
+    named = "; ".join(f"{r.method} seed {r.seed}: {r.diverged_reason}" for r in flagged.itertuples())
     claims = [("A delta-only generator, trained longer, beats the weight-only DnD baseline on held-out tasks", "LLGBM phase 5 (seed 002)",
-               verdict_long,
-               f"gold log-lik {d['diff_loglik']:+.3f} [{d['loglik_lo']:+.3f}, {d['loglik_hi']:+.3f}] per token, exact match "
-               f"{d['diff_acc'] * 100:+.1f} points [{d['acc_lo'] * 100:+.1f}, {d['acc_hi'] * 100:+.1f}]; "
-               f"{long_steps} vs {short_steps} steps, seeds {seeds}")]
-    verdict = (f"Trained to {long_steps} steps, the delta-only generator recovers {L['gap_loglik']:.3f} [{L['loglik_lo']:.3f}, "
-               f"{L['loglik_hi']:.3f}] of the log-likelihood gap and {L['gap_acc']:.3f} of the accuracy gap (cos(Δ̂, Δ) "
-               f"{L['delta_cos_mean']:.3f}); the weight-only baseline recovers {W['gap_loglik']:.3f}. Against the baseline: log-lik "
-               f"{d['diff_loglik']:+.3f} [{d['loglik_lo']:+.3f}, {d['loglik_hi']:+.3f}] per token, exact match {d['diff_acc'] * 100:+.1f} points.")
+               compare.verdict_of(d), f"{compare.evidence(d)}; {steps[LONG]} delta-only vs {steps[BASELINE]} weight-only steps, "
+               f"{len(seeds)} seeds" + (f"; diverged: {named}" if len(flagged) else ""))]
+    longer = ("better than" if ds["diff_loglik_lo"] > 0 else "worse than" if ds["diff_loglik_hi"] < 0
+              else "not distinguishable from")
+    verdict = (f"Trained to {steps[LONG]} steps, the delta-only generator recovers {L['gap_loglik']:.3f} [{L['gap_loglik_lo']:.3f}, "
+               f"{L['gap_loglik_hi']:.3f}] of the log-likelihood gap (95% CI over {len(seeds)} seeds and the tasks; per seed "
+               f"{L['per_seed_gap_loglik']}) and {L['gap_acc']:.3f} of the accuracy gap (cos(Δ̂, Δ) {L['delta_cos_mean']:.3f}). "
+               f"That is {longer} its own {steps[SHORT]}-step run ({S['gap_loglik']:.3f}; log-lik {ds['diff_loglik']:+.3f} "
+               f"[{ds['diff_loglik_lo']:+.3f}, {ds['diff_loglik_hi']:+.3f}]). The weight-only baseline, trained {steps[BASELINE]} steps "
+               f"({'plateaued' if plateau < stats.PLATEAU else '**not plateaued**'}: its loss fell {plateau:.2%} over the last 10% of "
+               f"steps), recovers {W['gap_loglik']:.3f}. Against it: {compare.evidence(d)}: {compare.verdict_of(d)}."
+               + (f" **Diverged runs** (counted above): {named}." if len(flagged) else " No run diverged."))
     return Entry(m, claims, verdict)

@@ -21,7 +21,8 @@ def entry(equality: pd.Series, grads: pd.Series, flow: dict, timings: pd.Series,
              lora_effect_max_abs_logit=equality["base (no LoRA) vs peft"], grad_norm_min_block=float(grads.min()),
              base_params_with_grad=flow["base_params_with_grad"], delta_loss_before_step=flow["loss_before"],
              delta_loss_after_step=flow["loss_after"], functional_overhead_ratio=overhead, functional_call_overhead_ratio=call_overhead,
-             backward_over_forward=backward_ratio, batched_over_merged_4=batch_ratio)
+             backward_over_forward=backward_ratio, batched_over_merged_4=batch_ratio, n_adapters_batched=n_adapters,
+             overhead_target=OVERHEAD_TARGET, equal_logits_tol=EQUAL_LOGITS)
     flows = bool(grads.min() > 0) and flow["loss_after"] < flow["loss_before"] and not flow["base_params_with_grad"]
     claims = [
         ("FunctionalLoRA sends delta-loss gradients into the generator without modifying the base model", "LLGBM (seed 002)",
