@@ -294,7 +294,10 @@ def metrics(**changes):
              train_seconds_transformer=80.0, train_seconds_transformer_full_embedding=70.0, notebook_seconds=400.0, tol_calibrated=0.05, mean_iterations_calibrated=4.2, speedup_calibrated_b1=1.1,
              speedup_calibrated_b8=1.05, val_loss_calibrated_minus_fixed=0.01, min_iterations_adaptive=4, measured_ceiling_b1=1.2,
              measured_ceiling_b8=1.1, modes_within_flop_ratio=4, n_modes=6, tol_seed=1e-3, budget_seconds=600.0, learned_margin=0.5,
-             train_seconds_all=420.0, params_size_small=48.9e6, params_readme_small=30e6, sizes_vocab=50000)
+             train_seconds_all=420.0, params_size_small=48.9e6, params_readme_small=30e6, sizes_vocab=50000, n_seeds=3,
+             val_loss_inl_mean=5.2, val_loss_inl_ci_low=5.15, val_loss_inl_ci_high=5.25, val_loss_transformer_mean=5.1,
+             val_loss_transformer_ci_low=5.05, val_loss_transformer_ci_high=5.15, val_loss_inl_minus_transformer=0.1,
+             val_loss_inl_minus_transformer_ci_low=0.03, val_loss_inl_minus_transformer_ci_high=0.17)
     return {**m, **changes}
 
 
@@ -314,6 +317,10 @@ def test_ledger_verdicts_follow_the_numbers():
     assert ledger.verdict(metrics()).startswith("Both models learned")
     assert "Not every model learned" in ledger.verdict(metrics(val_loss_inl=5.8))
     text = ledger.verdict(metrics())
+    assert "(95% CIs over 3 seeds; refuted that INL does more per parameter)" in text
+    assert rows["Fewer parameters for the same capacity (README: 20-30%)"] == "refuted"
+    better = dict(val_loss_inl_minus_transformer=-0.1, val_loss_inl_minus_transformer_ci_low=-0.15, val_loss_inl_minus_transformer_ci_high=-0.05)
+    assert {c: v for c, v, _ in ledger.claims(metrics(**better))}["Fewer parameters for the same capacity (README: 20-30%)"] == "supported"
     assert "measured ceiling of 1.20× / 1.10×" in text and "beyond what this design reaches" in text and "never fires" in text
     assert "stops some tokens early" in ledger.verdict(metrics(mean_iterations_adaptive=4.5))
 

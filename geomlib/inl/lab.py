@@ -1,7 +1,7 @@
 """Notebook 13's harness: pydoc text in one tokenizer, an INL model and its size-matched transformer
 trained on the same token windows (cached, resumable), validation loss against FLOPs and wall time,
 and the speed protocol: decoding tokens/s with a KV cache at fixed K, adaptive stopping and a
-smaller fixed K, beside the FLOP ceiling on what stopping early can buy."""
+smaller fixed K, beside the FLOP ratio and the measured ceiling of what stopping early can buy."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,8 @@ from llgbm.core.utils import check_profile, config_hash, llgbm_home, preset_conf
 from llgbm.eval.lm import random_windows
 
 from .loss import IntegratorLoss, create_cycle_scheduler
-from .model import INLConfig, IntegratorLanguageModel, parameter_breakdown, size_config, transformer_like
+from .model import INLConfig, IntegratorLanguageModel, size_config, transformer_like
+from .tables import final_table, history_frame, iteration_frame, parts_table  # noqa: F401  (the notebook's lab.<table>)
 
 CHECKPOINT = "checkpoint.safetensors"     # a run's weights, AdamW state and history (llgbm.core.checkpoint)
 
@@ -40,7 +41,8 @@ class INLLabConfig:
     scheduler: str = "equilibrium"
     eval_every: int = 50
     eval_windows: int = 48
-    seed: int = 0
+    seed: int = 0                  # the seed of every run; the headline pair (INL, transformer) also trains `seeds`
+    seeds: tuple[int, ...] = (0, 1, 2)
     bench_prompt: int = 32
     bench_new_tokens: int = 64
     bench_repeats: int = 7
@@ -52,7 +54,7 @@ class INLLabConfig:
     def preset(cls, profile: str, **overrides) -> "INLLabConfig":
         base = {"smoke": dict(size="cpu-tiny", tokenizer="tiny", seq_len=32, batch_size=4, steps=8, warmup=2, eval_every=4,
                               eval_windows=4, bench_prompt=8, bench_new_tokens=4, bench_repeats=1, memory_steps=2,
-                              determinism_steps=2),
+                              determinism_steps=2, seeds=(0, 1)),
                 "quick": {}, "full": dict(steps=1500, eval_windows=96, bench_repeats=5)}[check_profile(profile)]
         return preset_config(cls, base, overrides)
 
@@ -94,7 +96,7 @@ def evaluate(model: IntegratorLanguageModel, windows: torch.Tensor, seq_len: int
 
 
 def _run_dir(model_cfg: INLConfig, cfg: INLLabConfig, tag: str) -> Path:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("eval_every", "bench_prompt", "bench_new_tokens",
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("eval_every", "bench_prompt", "bench_new_tokens", "seeds",
                                                                "bench_repeats", "small_k", "memory_steps", "determinism_steps")}
     return llgbm_home() / "inl" / f"{tag}-{config_hash(dict(model=asdict(model_cfg), lab=keep, v=1))}"
 
@@ -281,20 +283,20 @@ def models_for(cfg: INLLabConfig, vocab_size: int) -> dict[str, INLConfig]:
             "transformer_seed_init": replace(tf, embedding_init="seed")}
 
 
-def history_frame(runs: dict[str, dict]):
-    """One long table of every run's validation curve: model, step, tokens, training PFLOPs, seconds, loss."""
-    import pandas as pd
-    rows = [dict(model=name, **h) for name, r in runs.items() for h in r["history"]]
-    df = pd.DataFrame(rows)
-    df["train PFLOPs"] = df.pop("train_flops") / 1e15
-    return df
+HEADLINE = ("inl", "transformer")
 
 
-def iteration_frame(iters: dict[str, torch.Tensor]):
-    """(mode, layer, iterations) per token and layer, for the per-layer histograms."""
+def seed_table(configs: dict[str, INLConfig], corpus: dict, cfg: INLLabConfig, runs: dict[str, dict]):
+    """Final validation loss and training seconds of the headline pair (INL, transformer) at every seed
+    of `cfg.seeds` (the runs of `cfg.seed` are `runs`', the others are trained and cached here): one
+    row per (model, seed)."""
     import pandas as pd
-    return pd.concat([pd.DataFrame({"mode": mode, "layer": layer, "iterations": it[layer].numpy()})
-                      for mode, it in iters.items() for layer in range(it.shape[0])], ignore_index=True)
+    rows = []
+    for name in HEADLINE:
+        for s in cfg.seeds:
+            r = runs[name] if s == cfg.seed else train_lm(configs[name], corpus, replace(cfg, seed=s), name, progress=False)
+            rows.append(dict(model=name, seed=s, val_loss=r["history"][-1]["val_loss"], seconds=r["seconds"]))
+    return pd.DataFrame(rows)
 
 
 def embedding_ratio(cfg: INLConfig) -> float:
@@ -314,25 +316,6 @@ def embedding_to_position_ratio(cfg: INLConfig) -> dict[str, float]:
         out[init] = float(tok.norm(dim=-1).mean() / m.pe[:512].norm(dim=-1).mean())
     return out
 
-
-
-def parts_table(configs: dict[str, INLConfig]):
-    """Parameters by part (and in all) of each configured model."""
-    import pandas as pd
-
-    rows = {}
-    for name, c in configs.items():
-        parts = parameter_breakdown(IntegratorLanguageModel(c))
-        rows[name] = {**parts, "total": sum(parts.values())}
-    return pd.DataFrame(rows).T
-
-
-def final_table(hist, entropy: float, bytes_per_token: float):
-    """Each model's last validation point, with bits per byte and its margin below the unigram entropy."""
-    final = hist.sort_values("step").groupby("model").last()
-    final["bits per byte"] = final.val_loss / math.log(2) / bytes_per_token
-    final["below unigram (nats)"] = entropy - final.val_loss
-    return final
 
 
 def memory_runs(configs: dict[str, INLConfig], cfg: INLLabConfig, refresh: bool = False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from llgbm.core import stats
+
 from .lab import iteration_frame
 
 
@@ -14,6 +16,7 @@ MEM_RATIO = 0.35          # "-65% training memory"
 CAPACITY_MARGIN = 0.02    # "fewer parameters for the same capacity": INL lower by more than this at equal parameters
 SIZES_TOL = 0.10          # measured parameters within ±10% of the README's "Real Params"
 SIZES_VOCAB = 50000       # the vocabulary the sizes are counted at (the seed's)
+# CAPACITY_MARGIN: the INL − transformer loss difference must lie below −margin to count as a win
 
 
 def claims(m: dict) -> list[tuple[str, str, str]]:
@@ -43,15 +46,25 @@ def claims(m: dict) -> list[tuple[str, str, str]]:
          f"INL with gradient checkpointing {m['peak_mem_mb_train_inl_checkpointing']:.0f} MB"),
         ("Deterministic training", "supported" if m["deterministic"] == 1 else "refuted",
          "two trainings with one seed " + ("gave bit-identical weights" if m["deterministic"] == 1 else "differ")),
-        ("Fewer parameters for the same capacity (README: 20-30%)",
-         "supported" if m["val_loss_inl"] < m["val_loss_transformer"] - CAPACITY_MARGIN else "refuted",
-         f"at equal parameters and tokens: INL {m['val_loss_inl']:.3f} vs transformer {m['val_loss_transformer']:.3f} nats, "
-         f"in {m['train_seconds_inl']:.0f} s vs {m['train_seconds_transformer']:.0f} s of training"),
+        ("Fewer parameters for the same capacity (README: 20-30%)", _capacity(m),
+         f"at equal parameters and tokens, {m['n_seeds']:.0f} seeds each: INL {m['val_loss_inl_mean']:.3f} "
+         f"[{m['val_loss_inl_ci_low']:.3f}, {m['val_loss_inl_ci_high']:.3f}] vs transformer {m['val_loss_transformer_mean']:.3f} "
+         f"[{m['val_loss_transformer_ci_low']:.3f}, {m['val_loss_transformer_ci_high']:.3f}] nats (95% CIs over seeds); INL − "
+         f"transformer {m['val_loss_inl_minus_transformer']:+.3f} [{m['val_loss_inl_minus_transformer_ci_low']:+.3f}, "
+         f"{m['val_loss_inl_minus_transformer_ci_high']:+.3f}]; {m['train_seconds_inl']:.0f} s vs "
+         f"{m['train_seconds_transformer']:.0f} s of training per run"),
         ("The README's \"Real Params\" per size (small 30M, medium 80M, large 220M)",
          "refuted" if any(abs(v) > SIZES_TOL for v in off.values()) else "supported",
          f"built at vocab {m['sizes_vocab']:,.0f}: " + ", ".join(f"{s} {m[f'params_size_{s}'] / 1e6:.1f}M vs {m[f'params_readme_{s}'] / 1e6:.0f}M "
                                                f"({off[s]:+.0%})" for s in sizes)),
     ]
+
+
+def _capacity(m: dict) -> str:
+    """INL beats the transformer at equal parameters when INL − transformer's CI lies below −margin;
+    refuted when it lies above it; else inconclusive."""
+    lo, hi = m["val_loss_inl_minus_transformer_ci_low"], m["val_loss_inl_minus_transformer_ci_high"]
+    return "supported" if hi < -CAPACITY_MARGIN else "refuted" if lo > -CAPACITY_MARGIN else "inconclusive"
 
 
 def verdict(m: dict, margin: float = 0.5) -> str:
@@ -67,8 +80,10 @@ def verdict(m: dict, margin: float = 0.5) -> str:
     reach = (f": the seed's {SEED_SPEEDUP:.0f}× is beyond what this design reaches here." if ceiling < SEED_SPEEDUP else ".")
     fires = m["mean_iterations_adaptive"] < m["max_iterations"] - 1e-9
     within = int(m["modes_within_flop_ratio"])
-    return (f"{head} At equal parameters and tokens the INL model reaches {m['val_loss_inl']:.3f} nats against the "
-            f"transformer's {m['val_loss_transformer']:.3f}, taking {m['train_seconds_inl'] / m['train_seconds_transformer']:.1f}× "
+    return (f"{head} At equal parameters and tokens the INL model reaches {m['val_loss_inl_mean']:.3f} "
+            f"[{m['val_loss_inl_ci_low']:.3f}, {m['val_loss_inl_ci_high']:.3f}] nats against the transformer's "
+            f"{m['val_loss_transformer_mean']:.3f} [{m['val_loss_transformer_ci_low']:.3f}, {m['val_loss_transformer_ci_high']:.3f}] "
+            f"(95% CIs over {m['n_seeds']:.0f} seeds; {_capacity(m)} that INL does more per parameter), taking {m['train_seconds_inl'] / m['train_seconds_transformer']:.1f}× "
             f"its training time" + (f" (with the seed's embedding initialisation the same transformer reaches "
                                     f"{m['val_loss_transformer_seed_init']:.3f})" if "val_loss_transformer_seed_init" in m else "") +
             f". Adaptive stopping used {m['mean_iterations_adaptive']:.2f} of {int(m['max_iterations'])} "
@@ -82,9 +97,24 @@ def verdict(m: dict, margin: float = 0.5) -> str:
             f"{m['budget_seconds'] / 60:.0f} min cold), {m['train_seconds_all']:.0f} s of it training.")
 
 
+def seed_metrics(seeds) -> dict[str, float]:
+    """From `lab.seed_table`: per headline model its mean validation loss over seeds with a 95% CI
+    (seeds resampled) and each seed's value, and INL − transformer with its CI (each model's seeds
+    resampled on their own)."""
+    runs = {m: g.sort_values("seed").val_loss.to_numpy()[:, None] for m, g in seeds.groupby("model")}
+    out = {"n_seeds": float(seeds.seed.nunique())}
+    for m, x in runs.items():
+        iv = stats.hierarchical_bootstrap({m: x}, (1,), lambda v, m=m: v[m])
+        out.update({f"val_loss_{m}_mean": iv.mean, f"val_loss_{m}_ci_low": iv.lo, f"val_loss_{m}_ci_high": iv.hi})
+        out.update({f"val_loss_{m}_seed{r.seed}": r.val_loss for r in seeds[seeds.model == m].itertuples()})
+    d = stats.hier_difference(runs["inl"], runs["transformer"], (1,))
+    return out | dict(val_loss_inl_minus_transformer=d.mean, val_loss_inl_minus_transformer_ci_low=d.lo,
+                      val_loss_inl_minus_transformer_ci_high=d.hi)
+
+
 def collect(final, modes, mem: dict, params, entropy: float, emb: dict, init_ratio: dict, same_seed: bool,
             ceiling: dict, steps: int, tol_calibrated: float, *, sizes=None, tol_seed: float, min_iterations: int,
-            budget_seconds: float) -> dict[str, float]:
+            budget_seconds: float, seeds=None) -> dict[str, float]:
     """notebook 13's metrics.json from its tables: `final` (per model: val_loss, bits per byte, seconds),
     `modes` (rows: fixed K, the seed's batch stop, the per-token stop at the seed's and at a calibrated
     tol, a smaller fixed K), `mem` (per
@@ -98,6 +128,8 @@ def collect(final, modes, mem: dict, params, entropy: float, emb: dict, init_rat
                modes_within_flop_ratio=int(within.sum()), budget_seconds=budget_seconds, learned_margin=0.5,
                train_seconds_all=float(final.seconds.sum()), seed_speedup_claim=SEED_SPEEDUP, loss_tol=LOSS_TOL,
                emb_ratio_claim=EMB_RATIO, mem_ratio_claim=MEM_RATIO, sizes_tol=SIZES_TOL)
+    if seeds is not None:
+        out.update(seed_metrics(seeds))
     if sizes is not None:      # parameter_table (millions) at vocab 50k: the built size against the README's
         out["sizes_vocab"] = SIZES_VOCAB
         for s in ("small", "medium", "large"):
