@@ -188,7 +188,20 @@ def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
     assert m["best_ppl_ratio_20"] == pytest.approx(1.2) and m["seed_method_ppl_ratio_20"] == pytest.approx(3.0)
     assert m["speed_best_20"] == pytest.approx(0.6) and m["ppl_svdllm_40"] == 20.0 and m["minilm_cos_svdllm_20"] == 0.95
     claims = {c[0][:20]: c[2] for c in ledger.claims(m, best)}
-    assert claims["Calabi inference is "] == "refuted on speed; memory not measured (parameters only)"
+    assert claims["Calabi inference is "] == "refuted on speed (one timed pass); memory not measured (parameters only)"
     assert claims["Compression maintain"] == "refuted" and claims["Low-rank projection "] == "refuted"
     assert claims["Best method at 20% w"] == "met"
     assert "1.20× dense perplexity (within the 1.30× target)" in ledger.verdict(m, best)
+    # the interleaved repeats decide "faster": svdllm's slowest repeat (115) beats dense's fastest (105)
+    speed = pd.DataFrame(dict(median=[100.0, 120.0, 90.0], min=[95.0, 115.0, 80.0], max=[105.0, 125.0, 100.0], repeats=[7, 7, 7],
+                              spread=[0.1, 0.08, 0.2]), index=["dense", "svdllm", "asvd"])
+    m = ledger.metrics(res, best, mini, ppl_dense=10.0, tps_dense=100.0, params_dense=10**8, ppl_ft=11.0, ft_steps=5,
+                       eval_tokens=100, calib_tokens=200, speed=speed)
+    assert m["speed_best_20_median"] == pytest.approx(1.2) and m["speed_same_rank_within_noise"] == 0.0     # 30 apart, spread 20
+    claims = {c[0][:20]: (c[2], c[3]) for c in ledger.claims(m, best)}
+    assert claims["Calabi inference is "][0] == "supported on speed; memory not measured (parameters only)"
+    assert "apart by more than their spread" in claims["Calabi inference is "][1]
+    speed.loc["svdllm", "min"] = 99.0
+    m = ledger.metrics(res, best, mini, ppl_dense=10.0, tps_dense=100.0, params_dense=10**8, ppl_ft=11.0, ft_steps=5,
+                       eval_tokens=100, calib_tokens=200, speed=speed)
+    assert ledger.claims(m, best)[0][2].startswith("inconclusive on speed (within noise)")

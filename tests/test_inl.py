@@ -297,7 +297,11 @@ def metrics(**changes):
              train_seconds_all=420.0, params_size_small=48.9e6, params_readme_small=30e6, sizes_vocab=50000, n_seeds=3,
              val_loss_inl_mean=5.2, val_loss_inl_ci_low=5.15, val_loss_inl_ci_high=5.25, val_loss_transformer_mean=5.1,
              val_loss_transformer_ci_low=5.05, val_loss_transformer_ci_high=5.15, val_loss_inl_minus_transformer=0.1,
-             val_loss_inl_minus_transformer_ci_low=0.03, val_loss_inl_minus_transformer_ci_high=0.17)
+             val_loss_inl_minus_transformer_ci_low=0.03, val_loss_inl_minus_transformer_ci_high=0.17, params_size_3b=2.16e9,
+             sharing_claim_controller=0.04, sharing_claim_equilibrium=0.02)
+    from geomlib.inl.tables import sharing_counts
+    m.update({f"sharing_{k}": v for k, v in sharing_counts("3B", 50000).items()})
+    m["sharing_equilibrium_saved"] = m["sharing_equilibrium_params_per_dim"] - m["sharing_equilibrium_params"]
     return {**m, **changes}
 
 
@@ -314,6 +318,8 @@ def test_ledger_verdicts_follow_the_numbers():
     assert rows["Adaptive stopping at zero accuracy loss"] == "refuted" and rows["Deterministic training"] == "refuted"
     assert rows["-65% training memory"] == "supported"
     assert rows["The README's \"Real Params\" per size (small 30M, medium 80M, large 220M)"] == "refuted"    # 48.9M is +63%
+    assert rows["-96% controller parameters (shared controllers)"] == "refuted as built (no controller is shared)"   # 40 own controllers
+    assert rows["-98% equilibrium parameters (hierarchical equilibrium)"] == "supported (parameters)"              # 1,320 vs 81,920
     assert ledger.verdict(metrics()).startswith("Both models learned")
     assert "Not every model learned" in ledger.verdict(metrics(val_loss_inl=5.8))
     text = ledger.verdict(metrics())

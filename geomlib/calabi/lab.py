@@ -32,10 +32,12 @@ class CalabiConfig:
     ft_lr: float = 5e-5
     ft_batch: int = 4
     min_features: int = 64         # layers narrower than this stay dense
+    speed_repeats: int = 7         # interleaved forward timings per model (median and spread decide "faster")
+    speed_windows: int = 8         # windows per timed forward
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "CalabiConfig":
-        base = {"smoke": dict(ratios=(0.2, 0.4), calib_windows=4, eval_windows=4, ft_steps=2, window=32),
+        base = {"smoke": dict(ratios=(0.2, 0.4), calib_windows=4, eval_windows=4, ft_steps=2, window=32, speed_repeats=2, speed_windows=2),
                 "quick": dict(),
                 "full": dict(ratios=(0.1, 0.2, 0.3, 0.4, 0.6), calib_windows=256, eval_windows=256, ft_steps=200, window=256)}
         return preset_config(cls, base[check_profile(profile)], overrides)
@@ -94,6 +96,21 @@ def compression_grid(model_name: str, stats, eval_ids: torch.Tensor, cfg: Calabi
         rows.append(dict(method=method, ratio=r, layers=row["layers"], params=row["params"],
                          removed=1 - row["params"] / dense_params, ppl=row["ppl"], tokens_per_s=row["tokens_per_s"]))
     return pd.DataFrame(rows)
+
+
+def speed_check(model_name: str, dense, stats, eval_ids: torch.Tensor, cfg: CalabiConfig, best_method: str, ratio: float,
+                same_rank=("asvd", "svdllm")) -> pd.DataFrame:
+    """Forward tokens/s of the dense model and of the compressed ones at `ratio` (the best method and
+    the `same_rank` pair, which keep identical ranks and so must time alike), interleaved,
+    `speed_repeats` times on `speed_windows` evaluation windows (`lm.interleaved_speed`): median, min,
+    max and spread per model, cached with the settings."""
+    methods = list(dict.fromkeys([best_method, *same_rank]))
+
+    def measure() -> dict:
+        models_ = {"dense": dense} | {m: compressed(model_name, ratio, m, stats, cfg)[0] for m in methods}
+        return lm.interleaved_speed(models_, eval_ids[:cfg.speed_windows], cfg.speed_repeats).to_dict("index")
+    key = dict(measure_key(model_name, cfg), methods=methods, ratio=ratio, repeats=cfg.speed_repeats, windows=cfg.speed_windows)
+    return pd.DataFrame(cached("speed", key, measure)).T
 
 
 def finetune_factors(model, calib_ids: torch.Tensor, cfg: CalabiConfig) -> dict:

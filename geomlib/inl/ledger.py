@@ -7,6 +7,7 @@ import torch
 from llgbm.core import stats
 
 from .lab import iteration_frame
+from .tables import sharing_counts
 
 
 SEED_SPEEDUP = 3.0        # the seed: 3× faster inference with adaptive early stopping
@@ -53,6 +54,17 @@ def claims(m: dict) -> list[tuple[str, str, str]]:
          f"transformer {m['val_loss_inl_minus_transformer']:+.3f} [{m['val_loss_inl_minus_transformer_ci_low']:+.3f}, "
          f"{m['val_loss_inl_minus_transformer_ci_high']:+.3f}]; {m['train_seconds_inl']:.0f} s vs "
          f"{m['train_seconds_transformer']:.0f} s of training per run"),
+        ("-96% controller parameters (shared controllers)",
+         "refuted as built (no controller is shared)" if m["sharing_controller_ratio_built"] >= 1 else "supported",
+         f"at the seed's 3B size each of the {m['sharing_layers']:.0f} blocks calls its own controller "
+         f"({m['sharing_controllers_distinct']:.0f} distinct, {m['sharing_controller_params'] / 1e6:.1f}M parameters); one controller "
+         f"shared by all would hold {m['sharing_controller_ratio_if_shared']:.1%} of that, the claimed "
+         f"{m['sharing_claim_controller']:.0%}, but no block calls a shared one"),
+        ("-98% equilibrium parameters (hierarchical equilibrium)",
+         "supported (parameters)" if m["sharing_equilibrium_ratio"] <= m["sharing_claim_equilibrium"] + 0.005 else "refuted",
+         f"μ is one global value plus one offset per group of dimensions in each layer: {m['sharing_equilibrium_params']:,.0f} "
+         f"parameters against {m['sharing_equilibrium_params_per_dim']:,.0f} for one μ per dimension ({m['sharing_equilibrium_ratio']:.1%}) "
+         f"at the 3B size: {m['sharing_equilibrium_saved']:,.0f} parameters saved in a {m['params_size_3b'] / 1e9:.1f}B model"),
         ("The README's \"Real Params\" per size (small 30M, medium 80M, large 220M)",
          "refuted" if any(abs(v) > SIZES_TOL for v in off.values()) else "supported",
          f"built at vocab {m['sizes_vocab']:,.0f}: " + ", ".join(f"{s} {m[f'params_size_{s}'] / 1e6:.1f}M vs {m[f'params_readme_{s}'] / 1e6:.0f}M "
@@ -130,8 +142,12 @@ def collect(final, modes, mem: dict, params, entropy: float, emb: dict, init_rat
                emb_ratio_claim=EMB_RATIO, mem_ratio_claim=MEM_RATIO, sizes_tol=SIZES_TOL)
     if seeds is not None:
         out.update(seed_metrics(seeds))
+    out.update({f"sharing_{k}": v for k, v in sharing_counts("3B", SIZES_VOCAB).items()}, sharing_claim_controller=0.04,
+               sharing_claim_equilibrium=0.02)
+    out["sharing_equilibrium_saved"] = out["sharing_equilibrium_params_per_dim"] - out["sharing_equilibrium_params"]
     if sizes is not None:      # parameter_table (millions) at vocab 50k: the built size against the README's
         out["sizes_vocab"] = SIZES_VOCAB
+        out["params_size_3b"] = sizes.loc["3B", "total"] * 1e6
         for s in ("small", "medium", "large"):
             out.update({f"params_size_{s}": sizes.loc[s, "total"] * 1e6, f"params_readme_{s}": sizes.loc[s, "README says"] * 1e6,
                         f"params_size_{s}_over_readme": sizes.loc[s, "total"] / sizes.loc[s, "README says"] - 1})

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .model import INLConfig, IntegratorLanguageModel, parameter_breakdown
+from .model import INLConfig, IntegratorLanguageModel, create_model, parameter_breakdown
 
 
 def history_frame(runs: dict[str, dict]):
@@ -42,3 +42,20 @@ def final_table(hist, entropy: float, bytes_per_token: float):
     final["bits per byte"] = final.val_loss / math.log(2) / bytes_per_token
     final["below unigram (nats)"] = entropy - final.val_loss
     return final
+
+
+def sharing_counts(size: str = "3B", vocab_size: int = 50000) -> dict[str, float]:
+    """The parameters behind the seed's "-96% controller" and "-98% equilibrium" claims, counted on
+    create_model(size) as built (meta device): the blocks' controllers (each block calls its own),
+    what one controller shared by every block would hold, and the equilibrium μ (one global value
+    plus one offset per group of dimensions, per layer) against one μ per dimension per layer."""
+    with torch.device("meta"):
+        m = create_model(size, vocab_size)
+    inls = [b.inl for b in m.layers if hasattr(b, "inl")]
+    ctrl = [sum(p.numel() for p in i.controller.parameters()) for i in inls]
+    eq = sum(i.mu_global.numel() + i.mu_offsets.numel() for i in inls)
+    distinct = len({id(i.controller) for i in inls})
+    return dict(layers=len(inls), controllers_distinct=distinct, controller_params=sum(ctrl), controller_params_one=ctrl[0],
+                controller_ratio_built=distinct / len(inls), controller_ratio_if_shared=ctrl[0] / sum(ctrl),
+                equilibrium_params=eq, equilibrium_params_per_dim=len(inls) * m.cfg.d_model,
+                equilibrium_ratio=eq / (len(inls) * m.cfg.d_model))

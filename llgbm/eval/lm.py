@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from llgbm.core.models import load_tokenizer
@@ -37,6 +38,27 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 8) -> tuple[float
         count += ids[:, 1:].numel()
     seconds = time.perf_counter() - t0
     return float(torch.exp(torch.tensor(nll / count))), windows.numel() / seconds
+
+
+@torch.no_grad()
+def interleaved_speed(models: dict, windows: torch.Tensor, repeats: int = 7) -> "pd.DataFrame":
+    """Forward tokens/s of each model on the same windows, the models taking turns `repeats` times (so
+    that a slow spell of the machine falls on all of them): per model the median over repeats, the
+    min and max, and the relative spread (max − min) / median. One warm-up pass each first."""
+    import pandas as pd
+    for m in models.values():
+        m(input_ids=windows[:1])
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            m(input_ids=windows)
+            times[name].append(windows.numel() / (time.perf_counter() - t0))
+    rows = {name: dict(median=float(np.median(v)), min=float(np.min(v)), max=float(np.max(v)), repeats=len(v))
+            for name, v in times.items()}
+    out = pd.DataFrame(rows).T
+    out["spread"] = (out["max"] - out["min"]) / out["median"]
+    return out
 
 
 def pydoc_corpus(tokenizer_name: str = "smollm2", val_every: int = 10, block: int = 1024) -> dict:
