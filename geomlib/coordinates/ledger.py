@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .continual import METHODS, acc_bwt, acc_bwt_ci
+from .host import SEED_CONFIG
+from .measures import best_per_model
 
 FLOOR = 0.20            # each method must lift its own tasks' exact match by ≥ 20 points over the base model
 NO_FORGETTING = -0.02   # "no catastrophic forgetting": BWT's CI lies above −2 points
@@ -62,8 +64,6 @@ def metrics(table, routing: float, silhouette: tuple[float, float, float], param
 def measure_metrics(sweep, gqa, refine: dict, repeats: int) -> dict[str, float]:
     """From `measures.seed_claims`: each model's best learning rate and loss (and whether the best lies
     inside the sweep), GQA's parameters, KV bytes and speeds against MHA, and ms per refinement step."""
-    from .host import SEED_CONFIG
-    from .measures import best_per_model
     best = best_per_model(sweep)
     heads = SEED_CONFIG["base_architecture"]
     g, h = gqa.loc["GQA (the seed's)"], gqa.loc["MHA"]
