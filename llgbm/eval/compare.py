@@ -117,13 +117,15 @@ def seed_frame(evals: dict[tuple[str, int], dict], ref: dict[str, dict] | None, 
     for (m, seed), s in evals.items():
         ll = pooled(s, "loglik", names)
         row = dict(method=m, seed=seed, exact_match=pooled(s, "correct", names).mean(), gold_loglik=ll.mean())
+        tie = False                                  # base and teacher tie: gap recovery is undefined, no evidence either way
         if ref is not None:
             b, t = pooled(ref["base"], "loglik", names).mean(), pooled(ref["teacher"], "loglik", names).mean()
-            row["seed_gap_loglik"] = (ll.mean() - b) / (t - b) if t != b else math.nan
+            tie = t == b
+            row["seed_gap_loglik"] = (ll.mean() - b) / (t - b) if not tie else math.nan
         if all("delta_cos" in s[t] for t in names):
             row["delta_cos"] = task_delta_cos(s, names).mean()
         start, end = loss_ends((histories or {}).get((m, seed), {}).get("loss"))
-        flag = stats.divergence(start, end, row.get("seed_gap_loglik"), floor)
+        flag = stats.divergence(start, end, None if tie else row.get("seed_gap_loglik"), floor)
         rows.append(row | dict(loss_start=start, loss_end=end, diverged=flag.flagged, diverged_reason=flag.reason))
     return pd.DataFrame(rows)
 
