@@ -262,6 +262,11 @@ def test_acc_and_bwt_against_hand_computed_values():
     ci = continual.acc_bwt_ci([dict(R=R), dict(R=R)], n_boot=200)
     assert ci["acc"] == pytest.approx(acc) and ci["bwt"] == pytest.approx(bwt)
     assert ci["acc_ci_low"] <= acc <= ci["acc_ci_high"] and ci["bwt_ci_low"] <= bwt <= ci["bwt_ci_high"]
+    # two identical seeds: the headline interval is the one over the 3 tasks' ACC (0.25, 0.75, 1.0) and the
+    # 2 tasks' BWT (-0.75, 0.25), resampled; the item-only one keeps the tasks and resamples their items
+    assert (ci["acc_ci_low"], ci["acc_ci_high"]) == pytest.approx((0.25 + 0.25 / 3, 1.0 - 0.25 / 3), abs=0.09)
+    assert (ci["bwt_ci_low"], ci["bwt_ci_high"]) == (-0.75, 0.25)
+    assert ci["acc_item_ci_high"] - ci["acc_item_ci_low"] < ci["acc_ci_high"] - ci["acc_ci_low"]
     with pytest.raises(ValueError, match="unknown trained method"):
         continual.run_method("ewc", None, None, continual.CLConfig(), 0)
     with pytest.raises(ValueError, match="unknown CLConfig field"):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 
+from llgbm.core import stats as hier_stats
 from llgbm.core.lora import LORA_TARGETS
 from llgbm.core.tasks import get_task
 from llgbm.core.utils import atomic_file, atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
@@ -222,8 +223,21 @@ def acc_bwt(R: list[list]) -> tuple[float, float]:
 
 
 def acc_bwt_ci(runs: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Seed-mean ACC and BWT with 95% bootstrap intervals over test items (resampled per task, the same
-    items at every stage and seed: the comparison is paired)."""
+    """Seed-mean ACC and BWT with 95% intervals that resample the seeds, then the tasks
+    (`stats.hierarchical_bootstrap`; `_ci_low`/`_ci_high`), and beside them the item-only intervals
+    (items resampled within each task, the same items at every stage and seed; `_item_ci_low`/`_high`)."""
+    per_task = {"acc": np.array([[np.mean(r["R"][-1][i]) for i in range(len(r["R"]))] for r in runs]),
+                "bwt": np.array([[np.mean(r["R"][-1][i]) - np.mean(r["R"][i][i]) for i in range(len(r["R"]) - 1)] for r in runs])}
+    out = {}
+    for k, x in per_task.items():
+        iv = hier_stats.hierarchical_bootstrap({k: x}, (1,) * x.shape[1], lambda m, k=k: m[k], n_boot=n_boot, seed=seed)
+        out.update({f"{k}_ci_low": iv.lo, f"{k}_ci_high": iv.hi})
+    items = _acc_bwt_item_ci(runs, n_boot, seed)
+    return items | out | {f"{k}_item_ci_{e}": items[f"{k}_ci_{e}"] for k in ("acc", "bwt") for e in ("low", "high")}
+
+
+def _acc_bwt_item_ci(runs: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Seed-mean ACC and BWT with 95% bootstrap intervals over test items only."""
     T, n = len(runs[0]["R"]), len(runs[0]["R"][-1][0])
     cube = np.full((len(runs), T, T, n), np.nan)
     for s, run in enumerate(runs):
