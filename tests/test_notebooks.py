@@ -1,5 +1,6 @@
 """Every notebook runs under papermill with the smoke profile; committed notebooks are clean."""
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,18 @@ def test_uncited_numbers_by_form_and_precision():
     assert report.uncited("gap 0.306 over 500 items", m) == ["0.306", "500"]       # wrong at the precision written
     assert report.uncited("−0.305 and +0.31", m) == []                              # sign aside
     assert report.uncited("1,500 s, 1.5e+03 s", m) == []
+
+
+def test_report_says_which_commit_each_section_came_from(tmp_path, monkeypatch):
+    from llgbm.notebook import provenance
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    rep = report.NotebookReport("02_dataset", "smoke")
+    state = json.loads((rep.dir / "run.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run.REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert state["commit"] == head and isinstance(state["dirty"], bool)
+    assert provenance.provenance_line("02_dataset", dict(commit=head, dirty=False)).endswith("the committed code of this notebook.")
+    assert "**with uncommitted changes**" in provenance.provenance_line("02_dataset", dict(commit=head, dirty=True))
+    assert "**may be older than the committed code**" in provenance.provenance_line("02_dataset", None)
+    # code changed between the run's commit and HEAD: git diff --quiet answers 1
+    monkeypatch.setattr(provenance, "_git", lambda *a: subprocess.CompletedProcess(a, 1, "", ""))
+    assert "**older than the committed code**" in provenance.provenance_line("02_dataset", dict(commit=head, dirty=False))

@@ -12,6 +12,7 @@ from pathlib import Path
 from llgbm.core.utils import REPO_ROOT, atomic_file, atomic_write_bytes, atomic_write_json, check_profile
 from llgbm.eval.compare import labelled
 from llgbm.notebook.cite import check_cited, uncited  # noqa: F401  (uncited: the report's public check)
+from llgbm.notebook.provenance import code_state, provenance_line
 
 SUITE_BUDGET_S = {"quick": 60 * 60}   # the brief's budget for the whole quick suite on 2 cores, cold
 SUITE_WARM_BUDGET_S = {"quick": 10 * 60}   # ... and for a warm rerun of it
@@ -39,6 +40,7 @@ class NotebookReport:
         self.dir.mkdir(parents=True, exist_ok=True)
         for old in [*self.dir.glob("*.md"), *self.dir.glob("*.png"), *self.dir.glob("*.json")]:
             old.unlink()  # a rerun starts clean: never a table or figure left from an earlier run
+        atomic_write_json(self.dir / "run.json", code_state(stem))     # the code these outputs come from
         self.metrics: dict[str, float] = {}
         self.claims: list[dict] = []
 
@@ -277,15 +279,17 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
     timings_path = root / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     lines = [f"# LLGBM Lab report — `{profile}` profile", "",
-             "Every number below was written by a notebook run of the committed code "
-             f"(`python -m llgbm.run --profile {profile}`); nothing here is typed by hand.", ""]
+             f"Every number below was written by a notebook run (`python -m llgbm.run --profile {profile}`); nothing here is "
+             "typed by hand. Each section names the commit its run came from and says when the code has changed since.", ""]
     lines += _run_summary(timings) + [""]
     claims = []
     for nb in notebooks:
         d = root / nb.stem
         if not (d / "metrics.json").exists():
             continue
-        lines += [f"## {_title(nb)}", "", f"Notebook: `notebooks/{nb.name}` · outputs: `{d.relative_to(root)}/`", ""]
+        state = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else None
+        lines += [f"## {_title(nb)}", "", f"Notebook: `notebooks/{nb.name}` · outputs: `{d.relative_to(root)}/`", "",
+                  provenance_line(nb.stem, state), ""]
         for table in sorted(d.glob("*.md")):
             lines += [table.read_text().rstrip(), ""]
         for fig in sorted(d.glob("*.png")):
