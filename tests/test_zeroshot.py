@@ -223,6 +223,14 @@ def test_balanced_subsets_and_config_errors():
         zeroshot.ZeroShotConfig.preset("quick", lm_stepz=3)
 
 
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
+def test_weight_only_is_one_run_for_every_notebook(profile):
+    """06's weight-only curve points are the checkpoints the baseline run keeps, and it ends at the
+    baseline's steps: 00, 04b, 05 and 06 share one weight-only run and nothing is retrained."""
+    zcfg, tcfg = zeroshot.ZeroShotConfig.preset(profile), training.TrainingConfig.preset(profile)
+    assert zcfg.weight_curve == (*tcfg.weight_keep_steps, tcfg.weight_steps) and zcfg.weight_steps == tcfg.weight_steps
+
+
 def test_cost_note_states_the_budget_verdict():
     over = zeroshot_ledger.cost_note(50 * 60, 10 * 60, 20 * 60)
     assert "50 min" in over and "10 min" in over and "over it by 40 min" in over

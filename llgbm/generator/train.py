@@ -59,15 +59,19 @@ class TrainingConfig:
     eval_items: int = 64                   # test items per held-out task (8 tasks x 64 = 512 items, the
                                            # protocol's ≥ 500; 32 before phase 6)
     weight_steps: int = 1000               # weight-only (DnD), the baseline: no LM forward, so it trains to
-                                           # its loss plateau (`loss_plateau`), not to the LM objectives' steps
+                                           # its loss plateau (`stats.plateau_drop`), not to the LM objectives' steps
+    weight_keep_steps: tuple[int, ...] = (80, 250, 500)   # its checkpoints kept for 06's learning curve (so that no
+                                                           # notebook retrains them after another trained on)
     dev_items: int = 16                    # dev items per held-out task, after its test items: where a
                                            # best method is chosen, never scored for a headline
 
     @classmethod
     def preset(cls, profile: str, objective: str = "weight", **overrides) -> "TrainingConfig":
-        base = {"smoke": dict(steps=4, batch_size=2, seeds=(0, 1), eval_items=4, dev_items=2, weight_steps=6, ckpt_every=2, warmup=1, sft_examples=8,
-                              sft_per_adapter=2, kd_top_k=16),
-                "quick": dict(), "full": dict(steps=1000, ckpt_every=100, eval_items=100, dev_items=25, weight_steps=3000, seeds=(0, 1, 2, 3, 4))}
+        base = {"smoke": dict(steps=4, batch_size=2, seeds=(0, 1), eval_items=4, dev_items=2, weight_steps=6, weight_keep_steps=(2,),
+                              ckpt_every=2, warmup=1, sft_examples=8, sft_per_adapter=2, kd_top_k=16),
+                "quick": dict(),
+                "full": dict(steps=1000, ckpt_every=100, eval_items=100, dev_items=25, weight_steps=3000,
+                             weight_keep_steps=(80, 250, 1000), seeds=(0, 1, 2, 3, 4))}
         cfg = cls(**base[check_profile(profile)]).with_objective(objective)
         return preset_config(cls, {f.name: getattr(cfg, f.name) for f in fields(cls)}, overrides)
 

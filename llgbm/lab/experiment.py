@@ -96,9 +96,10 @@ class GeneratorLab:
 
     def config(self, objective: str, **overrides) -> training.TrainingConfig:
         """The profile's training config for `objective`; weight-only trains `weight_steps` (to its
-        plateau) unless `steps` is given."""
+        plateau) and keeps `weight_keep_steps` unless `steps` / `keep_steps` are given."""
         if objective == "weight":
             overrides.setdefault("steps", self.tcfg.weight_steps)
+            overrides.setdefault("keep_steps", self.tcfg.weight_keep_steps)
         return replace(self.tcfg.with_objective(objective), **overrides)
 
     def data_for(self, labeled: bool = False, shots: int | None = None, tasks: list[str] | None = None) -> GeneratorData:
