@@ -16,6 +16,7 @@ from llgbm.core import cache, models
 from llgbm.core.stats import pooled
 from llgbm.core.tasks import get_task
 from llgbm.core.utils import check_profile, config_hash, llgbm_home, preset_config
+from llgbm.eval import compare
 from llgbm.eval.scoring import evaluate_task
 
 from . import host
@@ -201,9 +202,7 @@ def paired_metrics(tests, pairs: dict[str, str]) -> dict[str, float]:
     'igbundle_vs_lora') to its row ('igbundle − lora')."""
     out = {}
     for name, row in pairs.items():
-        r = tests.loc[row]
-        out.update({f"{k}_diff_{name}{s}": r[f"diff_{k}{c}"] for k in ("loglik", "acc")
-                    for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))})
+        out.update(compare.diff_metrics(tests.loc[row], f"{{k}}_diff_{name}"))
     return out
 
 

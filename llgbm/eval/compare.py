@@ -227,6 +227,14 @@ def paired_tests(evals: dict[tuple[str, int], dict], names: list[str], pairs: li
                          if a in methods and b in methods}).T
 
 
+def diff_metrics(d, key: str) -> dict[str, float]:
+    """A paired test's log-lik and exact-match differences with their hierarchical CIs as metrics:
+    `key` names each with "{k}" standing for "loglik" or "acc" (e.g. "{k}_diff_vs_baseline"), then
+    "", "_ci_low" and "_ci_high" are appended."""
+    return {key.format(k=k) + s: d[f"diff_{k}{c}"] for k in ("loglik", "acc")
+            for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))}
+
+
 def paired_metrics(tests: pd.DataFrame) -> dict[str, float]:
     """Every number of a paired-tests table (`paired_tests`), keyed `paired_<A>_vs_<B>_<column>`:
     what a claim citing one of them needs in metrics.json."""

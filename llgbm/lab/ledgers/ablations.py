@@ -59,8 +59,7 @@ def metrics(A: Analysis, **protocol) -> dict[str, float]:
             k = _key(name)
             out.update({f"{tag}p_value_{k}": row["p_signflip"], f"{tag}cos_diff_{k}": row["diff_cos"],
                         f"{tag}cos_diff_{k}_ci_low": row["diff_cos_lo"], f"{tag}cos_diff_{k}_ci_high": row["diff_cos_hi"],
-                        **{f"{tag}{m}_diff_{k}{s}": row[f"diff_{m}{c}"] for m in ("loglik", "acc")
-                           for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))}})
+                        **compare.diff_metrics(row, f"{tag}{{k}}_diff_{k}")})
     return out | compare.run_metrics(A.frame)
 
 

@@ -107,8 +107,7 @@ def generator_metrics(lab, runs: dict, H: Heldout, tests: dict, gain: stats.Inte
         **compare.run_metrics(per_seed),
         heldout_acc_generated=g["exact_match_mean"],
         **{f"heldout_acc_{REFERENCES[m].split()[0]}": H.summary.loc[REFERENCES[m], "exact_match_mean"] for m in REFERENCES},
-        **{f"gen_minus_mean_lora_{k}{s}": tests[f"diff_{k}{c}"] for k in ("acc", "loglik")
-           for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))},
+        **compare.diff_metrics(tests, "gen_minus_mean_lora_{k}"),
         relative_gain_acc=gain.mean, relative_gain_acc_ci_low=gain.lo, relative_gain_acc_ci_high=gain.hi, dnd_gain_claim=DND_GAIN,
         generation_seconds=generation_s, teacher_train_seconds=teacher_s, speedup=teacher_s / generation_s,
         dnd_speedup_claim=DND_SPEEDUP)

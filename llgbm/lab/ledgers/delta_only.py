@@ -28,8 +28,7 @@ def entry(table: pd.DataFrame, tests: pd.DataFrame, frame: pd.DataFrame, *, step
         m.update({f"gap_recovery_{tag}": row["gap_loglik"], f"gap_recovery_{tag}_ci_low": row["gap_loglik_lo"],
                   f"gap_recovery_{tag}_ci_high": row["gap_loglik_hi"], f"gap_recovery_acc_{tag}": row["gap_acc"]})
     for tag, row in (("vs_baseline", d), ("vs_short", ds)):
-        m.update({f"{k}_diff_{tag}{s}": row[f"diff_{k}{c}"] for k in ("loglik", "acc")
-                  for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))})
+        m.update(compare.diff_metrics(row, f"{{k}}_diff_{tag}"))
     m.update(compare.run_metrics(frame))
     flagged = frame[frame.diverged]
     named = "; ".join(f"{r.method} seed {r.seed}: {r.diverged_reason}" for r in flagged.itertuples())

@@ -94,7 +94,7 @@ def summary(T: pd.DataFrame, dev: pd.DataFrame, tests: pd.DataFrame, cost: pd.Da
                items_per_s_icl=cost.iloc[0]["items/s"], items_per_s_generated=cost.iloc[1]["items/s"], target_gap_recovery=TARGET_GAP)
     out.update(compare.paired_metrics(tests))
     for tag, d in (("best_minus_multitask_lora", d_mt), ("labeled_minus_icl", d_icl)):
-        out.update({f"{tag}_{k}{s}": d[f"diff_{k}{c}"] for k in ("loglik", "acc") for s, c in (("", ""), ("_ci_low", "_lo"), ("_ci_high", "_hi"))})
+        out.update(compare.diff_metrics(d, f"{tag}_{{k}}"))
     return out
 
 
