@@ -1,10 +1,15 @@
 """The task suite: short instruction-following text tasks built from real offline data
 (pycountry's ISO tables and gettext catalogues, num2words) and procedural transforms.
 
-Every task has a deterministic train/test split, an exact-match scorer, and a flag that marks it
-held out: held-out tasks are never used to train a generator and serve zero-shot evaluation."""
+Every task has a deterministic train/dev/test split, an exact-match scorer, a type label (`family`),
+a suite, and a flag that marks it held out: held-out tasks are never used to train a generator and
+serve zero-shot evaluation. Two suites: "classic" (the first 34 tasks, whose splits the reports of
+00-06 were computed on: no dev split of their own, the lab takes dev items from the tail of test) and
+"large" (`llgbm.core.suite`: hundreds of tasks in many types, with near and far held-out tasks and a
+dev split per task)."""
 from __future__ import annotations
 
+import difflib
 import gettext
 import random
 import string
@@ -16,6 +21,9 @@ from typing import Callable, Sequence
 SPLIT_SEED = 0          # changing it changes every split: keep it fixed across the lab
 MAX_TEST = 100          # test items per task (fewer when the source is small)
 MAX_TRAIN = 400
+MAX_DEV = 32            # dev items per task of the large suite: for choices, never for headline numbers
+SUITES = ("classic", "large")
+TRANSFERS = ("near", "far")  # a held-out task of a type seen in training, or of a type never seen
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -28,6 +36,9 @@ class Task:
     train: Pairs
     test: Pairs
     heldout: bool = False
+    dev: Pairs = ()
+    suite: str = "classic"
+    transfer: str = ""      # "near" or "far" for a held-out task of the large suite
 
     def prompt(self, x: str) -> str:
         return f"{self.instruction}\nInput: {x}\nOutput:"
@@ -47,9 +58,9 @@ class Task:
         return [self.prompt(x) for x, _ in self.split(split)]
 
     def split(self, split: str) -> Pairs:
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
-        return self.train if split == "train" else self.test
+        if split not in ("train", "dev", "test"):
+            raise ValueError(f"unknown split {split!r}; expected 'train', 'dev' or 'test'")
+        return getattr(self, split)
 
 
 @dataclass(frozen=True)
@@ -58,32 +69,53 @@ class _Spec:
     instruction: str
     pairs: Callable[[], Sequence[tuple[str, str]]]
     heldout: bool
+    suite: str = "classic"
+    transfer: str = ""
+    n_dev: int = 0
 
 
 _REGISTRY: dict[str, _Spec] = {}
 
 
-def _split(name: str, pairs: Sequence[tuple[str, str]], n_test: int | None = None) -> tuple[Pairs, Pairs]:
-    pairs = sorted(dict(pairs).items())  # one gold answer per input, order-independent
+def unambiguous(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Distinct (input, answer) pairs, sorted, without any input that has two different answers
+    (one right answer per input: exact match cannot score an ambiguous item fairly)."""
+    answers: dict[str, set[str]] = {}
+    for x, y in pairs:
+        answers.setdefault(x, set()).add(y)
+    return sorted((x, next(iter(ys))) for x, ys in answers.items() if len(ys) == 1)
+
+
+def _split(name: str, pairs: Sequence[tuple[str, str]], n_dev: int = 0) -> tuple[Pairs, Pairs, Pairs]:
+    """(train, dev, test): a shuffle seeded by the task's name, test items first, then dev, then train."""
+    pairs = unambiguous(pairs)
     if len(pairs) < 4:
-        raise ValueError(f"task {name!r} needs at least 4 distinct examples, got {len(pairs)}")
+        raise ValueError(f"task {name!r} needs at least 4 distinct unambiguous examples, got {len(pairs)}")
     random.Random(zlib.crc32(name.encode()) ^ SPLIT_SEED).shuffle(pairs)
-    n_test = n_test or min(MAX_TEST, len(pairs) // 2)
-    return tuple(pairs[n_test:n_test + MAX_TRAIN]), tuple(pairs[:n_test])
+    n_test = min(MAX_TEST, len(pairs) // 2)
+    n_dev = min(n_dev, len(pairs) // 8)
+    cut = n_test + n_dev
+    return tuple(pairs[cut:cut + MAX_TRAIN]), tuple(pairs[n_test:cut]), tuple(pairs[:n_test])
 
 
 def register_task(name: str, instruction: str, pairs: Sequence[tuple[str, str]] | Callable,
-                  family: str = "custom", heldout: bool = False, overwrite: bool = False) -> Task:
+                  family: str = "custom", heldout: bool = False, overwrite: bool = False, *,
+                  suite: str = "classic", transfer: str = "", n_dev: int = 0) -> Task:
     """Add a task to the registry; every phase can then run on it by name.
 
-    `pairs` is a list of (input, answer) strings, or a zero-argument callable returning one."""
+    `pairs` is a list of (input, answer) strings, or a zero-argument callable returning one;
+    `family` is its type label; `n_dev` items (at most an eighth of them) form its dev split."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"task name {name!r} must be non-empty letters, digits and underscores")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"task {name!r} is already registered; pass overwrite=True to replace it")
+    if suite not in SUITES:
+        raise ValueError(f"task {name!r}: unknown suite {suite!r}; expected one of {SUITES}")
+    if transfer and (transfer not in TRANSFERS or not heldout):
+        raise ValueError(f"task {name!r}: transfer {transfer!r} needs heldout=True and one of {TRANSFERS}")
     source = pairs if callable(pairs) else (lambda p=tuple(pairs): p)
     previous = _REGISTRY.get(name)
-    _REGISTRY[name] = _Spec(family, instruction, source, heldout)
+    _REGISTRY[name] = _Spec(family, instruction, source, heldout, suite, transfer, n_dev)
     _build.cache_clear()
     try:
         return get_task(name)
@@ -102,30 +134,49 @@ def _build(name: str) -> Task:
     for x, y in pairs:
         if "\n" in x or "\n" in y or not y.strip():
             raise ValueError(f"task {name!r}: inputs and answers must be one non-empty line, got {(x, y)!r}")
-    train, test = _split(name, pairs)
-    return Task(name, spec.family, spec.instruction, train, test, spec.heldout)
+    train, dev, test = _split(name, pairs, spec.n_dev)
+    return Task(name, spec.family, spec.instruction, train, test, spec.heldout, dev, spec.suite, spec.transfer)
 
 
 def get_task(name: str) -> Task:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+        from llgbm.core import suite as _large  # lazy: a large-suite task is known once it registers
+        _large.register()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5)
+        raise KeyError(f"unknown task {name!r}" + (f"; the closest: {', '.join(close)}" if close else "")
+                       + f"; the classic suite: {', '.join(list_tasks())}"
+                       + f" ({len(_REGISTRY)} tasks in all: list_tasks(suite=None) names them)")
     return _build(name)
 
 
-def list_tasks(family: str | None = None, heldout: bool | None = None) -> list[str]:
-    """Task names in registry order, optionally filtered by family and held-out flag."""
+def list_tasks(family: str | None = None, heldout: bool | None = None, suite: str | None = "classic",
+               transfer: str | None = None) -> list[str]:
+    """Task names in registry order, filtered by family (type), held-out flag, suite and transfer.
+
+    suite="classic" (the default) is the first suite plus tasks registered by hand; "large" is the
+    large suite, which holds the classic built-in tasks too; None is every registered task."""
+    if suite is not None and suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES} or None")
+    if suite == "large":
+        from llgbm.core import suite as _large  # lazy: the large suite registers itself on import
+        _large.register()
     return [n for n, s in _REGISTRY.items()
-            if (family is None or s.family == family) and (heldout is None or s.heldout == heldout)]
+            if (family is None or s.family == family) and (heldout is None or s.heldout == heldout)
+            and (transfer is None or s.transfer == transfer)
+            and (suite is None or s.suite == suite or (suite == "large" and n in BUILTIN_TASKS))]
 
 
 def describe(names: list[str]) -> list[dict]:
     """One row per task (family, held out, split sizes, instruction, a test example): the suite table."""
-    return [dict(task=t.name, family=t.family, heldout=t.heldout, n_train=len(t.train), n_test=len(t.test),
+    return [dict(task=t.name, family=t.family, suite=t.suite, heldout=t.heldout, transfer=t.transfer,
+                 n_train=len(t.train), n_dev=len(t.dev), n_test=len(t.test),
                  instruction=t.instruction, example=" → ".join(t.test[0])) for t in map(get_task, names)]
 
 
-def families() -> list[str]:
-    return list(dict.fromkeys(s.family for s in _REGISTRY.values()))
+def families(suite: str | None = "classic") -> list[str]:
+    """The task types (families) of a suite, in registry order."""
+    return list(dict.fromkeys(_REGISTRY[n].family for n in list_tasks(suite=suite)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,4 +267,4 @@ register_task("reverse_letters", "Reverse the order of the letters.",
 register_task("uppercase_letters", "Write the letters in upper case.",
               lambda: [(w, w.upper()) for w in _random_words("upper", 600, 5)], family="transforms")
 
-BUILTIN_TASKS = tuple(list_tasks())
+BUILTIN_TASKS = tuple(_REGISTRY)

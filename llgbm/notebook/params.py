@@ -64,7 +64,9 @@ def check_params(**params) -> dict:
         elif name == "objectives":
             _subset(name, v, list(OBJECTIVES), allow_none=True)
         elif name == "tasks":
-            _subset(name, v, list_tasks(), allow_none=True)
+            if any(t not in list_tasks(suite=None) for t in ([v] if isinstance(v, str) else v or [])):
+                list_tasks(suite="large")          # the name of a large-suite task registers that suite
+            _subset(name, v, list_tasks(suite=None), allow_none=True)
         elif name == "ratios":
             _ratios(name, v)
         else:
