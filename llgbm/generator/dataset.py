@@ -146,6 +146,46 @@ class GeneratorData:
         return self.draw(rng, batch_size)[1:]
 
 
+class TaskData(GeneratorData):
+    """Generator training batches over tasks instead of zoo checkpoints, for objectives that need no
+    LoRA teacher: sft, and kd whose teacher is the base model with demonstrations in its prompt
+    (`teacher="context"`: context distillation). So a generator can train on every task of the large
+    suite, not only those with teachers. Each row is a task; its weight target is `offset` (the
+    zoo's mean teacher token, where the generator starts), which these objectives never read."""
+
+    TEACHERS = ("none", "context")
+
+    def __init__(self, task_names: list[str], encoder, gcfg: GeneratorConfig, lora_tokenizer: LoRATokenizer2D,
+                 offset: torch.Tensor, teacher: str = "none", labeled: bool = False, shots: int | None = None):
+        if teacher not in self.TEACHERS:
+            raise ValueError(f"unknown teacher {teacher!r}; expected one of {self.TEACHERS}")
+        held = [t for t in task_names if get_task(t).heldout]
+        if held or not task_names:
+            raise ValueError(f"a generator trains on training tasks only; got held-out {held}" if held
+                             else "TaskData needs at least one training task")
+        if shots is not None and not 1 <= shots <= gcfg.n_prompts:
+            raise ValueError(f"shots must be between 1 and n_prompts={gcfg.n_prompts}, got {shots}")
+        expected = tuple(lora_tokenizer.mask().shape)
+        if tuple(offset.shape) != expected:
+            raise ValueError(f"offset must be one token tensor of shape {expected} (n_tokens, rank + 2, chunk), "
+                             f"got {tuple(offset.shape)}")
+        self.dataset, self.gcfg, self.lora_tokenizer, self.teacher = None, gcfg, lora_tokenizer, teacher
+        self.labeled, self.shots, self.deltas = labeled, shots, None
+        self.tasks = sorted(task_names)
+        self.rows = [dict(task=t, hash=f"task:{t}", path=None, teacher=teacher) for t in self.tasks]
+        self.encoded = {t: encode_prompts(encoder, condition_texts(get_task(t), labeled), gcfg.prompt_tokens)
+                        for t in self.tasks}
+        offset = offset.nan_to_num()
+        self.tokens = offset[None].expand(len(self.rows), *offset.shape)   # one shared tensor, no copies
+        self.weights, self.mask = token_weights(offset[None]), lora_tokenizer.mask()
+
+    def fingerprint(self, with_deltas: bool = True) -> str:
+        """The tasks (by their training data), the teacher, the condition and the starting token."""
+        data = [(t, get_task(t).train) for t in self.tasks]
+        return hash_bytes(repr(data).encode(), self.tokens[0].numpy().tobytes(),
+                          f"teacher={self.teacher},labeled={self.labeled},shots={self.shots}".encode())[:16]
+
+
 def condition_texts(task, labeled: bool = False, pairs=None) -> list[str]:
     """What a generator is conditioned on: the task's prompts (DnD), or with `labeled` its examples
     written out with their answers, as a few-shot prompt shows them. `pairs` defaults to the train split."""

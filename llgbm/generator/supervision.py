@@ -4,7 +4,9 @@
   (Text-to-LoRA's training; it needs no teacher).
 - ``kd``: KL(teacher ‖ generated) of the next-token distributions at the answer positions of the
   same examples. The delta (phases 3–5) is a 576-number summary of a teacher's behaviour; kd matches
-  the behaviour itself.
+  the behaviour itself. The teacher is a zoo LoRA, or (context distillation) the base model with
+  `shots` other training examples of the task in its prompt: that needs no LoRA teacher, so it
+  reaches every task of the suite (`context_topk`; a row with teacher="context").
 
 Teacher outputs come from a content-keyed, crash-safe cache (`TeacherOutputCache`): SmolLM2's
 vocabulary has 49,152 entries, so each answer position keeps the teacher's top-k log-probabilities
@@ -16,6 +18,7 @@ reports how much they hold.
 Both losses read the answer positions only, as `scoring.gold_loglik` scores them."""
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,16 @@ def kd_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, teacher_inde
     return (top + rest).mean()
 
 
+def context_demos(task, i: int, shots: int) -> tuple[tuple[str, str], ...]:
+    """The demonstrations in context distillation's teacher prompt for training example i: `shots`
+    other training examples (never example i itself), drawn by (task name, i)."""
+    if shots < 1:
+        raise ValueError(f"context distillation needs shots ≥ 1, got {shots}")
+    others = [j for j in range(len(task.train)) if j != i]
+    rng = np.random.default_rng([zlib.crc32(task.name.encode()), i])
+    return tuple(task.train[j] for j in sorted(rng.choice(others, size=min(shots, len(others)), replace=False)))
+
+
 class ExamplePool:
     """Per task, the first `n` training examples (the split is already shuffled), tokenised once as
     (prompt ids, answer ids): what kd and sft see. Held-out tasks never enter a pool."""
@@ -68,7 +81,7 @@ class ExamplePool:
     def __init__(self, tokenizer, task_names: list[str], n: int):
         if n < 1:
             raise ValueError(f"an example pool needs n ≥ 1 examples per task, got {n}")
-        self.n, self.pad_id = n, tokenizer.pad_token_id
+        self.n, self.pad_id, self.tokenizer = n, tokenizer.pad_token_id, tokenizer
         self.encoded = {}
         for t in task_names:
             task = get_task(t)
@@ -146,29 +159,59 @@ def teacher_topk(model, adapter, lora_config, pool: ExamplePool, task: str, top_
     return dict(logp=torch.cat(logps), index=torch.cat(idxs).int(), offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
 
 
+@torch.no_grad()
+def context_topk(model, pool: ExamplePool, task: str, shots: int, top_k: int, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Context distillation's teacher: the base model reading `shots` demonstrations (`context_demos`)
+    before each pool example; its top-k answer log-probs, row for row as `teacher_topk`'s (the answer
+    is tokenised apart, so its positions are the pool's)."""
+    device, t = next(model.parameters()).device, get_task(task)
+    encoded = [encode_pairs(pool.tokenizer, t, [(x, y)], prefix="".join(t.prompt(a) + t.target(b) for a, b in context_demos(t, i, shots)))[0]
+               for i, (x, y) in enumerate(t.train[:pool.n])]
+    if [a for _, a in encoded] != [a for _, a in pool.encoded[task]]:
+        raise RuntimeError(f"task {task!r}: the answers tokenise differently after the demonstrations")
+    logps, idxs = [], []
+    for i in range(0, len(encoded), batch_size):
+        v, j = answer_logprobs(model, build_batch(encoded[i:i + batch_size], pool.pad_id, device)).topk(top_k, -1)
+        logps.append(v.cpu())
+        idxs.append(j.cpu())
+    lengths = torch.tensor([len(a) for _, a in encoded])
+    return dict(logp=torch.cat(logps), index=torch.cat(idxs).int(), offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
+
+
 class OutputSupervision:
     """kd and sft losses of a batch of generated adapters on their tasks' pool examples.
 
     Each batch item is a zoo checkpoint (a manifest row: task, path, hash); that checkpoint is the kd
-    teacher for it. Each call draws `per_adapter` examples per adapter from the row's task and runs one
+    teacher for it. A row with teacher="context" (`TaskData`'s rows) has the base model with
+    `context_shots` demonstrations in its prompt as its kd teacher instead. Each call draws `per_adapter` examples per adapter from the row's task and runs one
     hooked forward over all of them (rows grouped by adapter), reading the answer positions."""
 
     def __init__(self, model, tokenizer, tasks: list[str], zoo_root: Path | str, lora_config, lora_tokenizer,
                  model_fingerprint: str, examples: int = 64, per_adapter: int = 4, top_k: int = 64,
-                 cache_root: Path | str | None = None):
+                 cache_root: Path | str | None = None, context_shots: int = 4):
         model.requires_grad_(False)
         self.model, self.zoo_root, self.lora_config = model, Path(zoo_root), lora_config
-        self.lora_tokenizer, self.per_adapter = lora_tokenizer, per_adapter
+        self.lora_tokenizer, self.per_adapter, self.context_shots = lora_tokenizer, per_adapter, context_shots
         self.flora = FunctionalLoRA.from_lora_config(model, lora_config)
         self.pool = ExamplePool(tokenizer, sorted(tasks), examples)
         self.cache = TeacherOutputCache(model_fingerprint, top_k, cache_root)
         self._teachers: dict[str, dict[str, torch.Tensor]] = {}
 
     def key(self) -> dict:
-        """What the losses depend on, for run keys."""
-        return dict(examples=self.pool.n, per_adapter=self.per_adapter, top_k=self.cache.top_k)
+        """What the losses depend on, for run keys (context_shots only where it is not the default, so
+        earlier runs keep their keys)."""
+        return dict(examples=self.pool.n, per_adapter=self.per_adapter, top_k=self.cache.top_k,
+                    **({"context_shots": self.context_shots} if self.context_shots != 4 else {}))
 
     def teacher(self, row: dict) -> dict[str, torch.Tensor]:
+        if row.get("teacher") == "context":
+            train = get_task(row["task"]).train          # the demonstrations are drawn from all of it
+            key = f"context-{self.context_shots}-{hash_bytes(repr(train).encode())[:12]}"
+            if (row["task"], key) not in self._teachers:
+                self._teachers[row["task"], key] = self.cache.get_or_compute(
+                    key, self.pool.fingerprint(row["task"]),
+                    lambda: context_topk(self.model, self.pool, row["task"], self.context_shots, self.cache.top_k))
+            return self._teachers[row["task"], key]
         if row["hash"] not in self._teachers:
             self._teachers[row["hash"]] = self.cache.get_or_compute(
                 row["hash"], self.pool.fingerprint(row["task"]),

@@ -176,6 +176,10 @@ def train(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingConfig, seed:
         raise ValueError(f"objective {cfg.objective!r} has a delta term: build the dataset with the zoo's deltas")
     if cfg.uses_outputs and outputs is None:
         raise ValueError(f"objective {cfg.objective!r} has an output term (kd/sft): pass an OutputSupervision")
+    teacher = getattr(data, "teacher", None)          # TaskData: rows are tasks, not zoo checkpoints
+    if teacher is not None and (cfg.lambda_w or cfg.lambda_d or (cfg.lambda_kd and teacher != "context")):
+        raise ValueError(f"objective {cfg.objective!r} needs zoo checkpoints (weights, deltas or LoRA teachers); "
+                         f"task rows (TaskData, teacher={teacher!r}) train sft, or kd with teacher='context'")
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(data, gcfg, cfg, seed, supervision, outputs=outputs)
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = rank == 0
