@@ -95,3 +95,35 @@ def test_type_table_counts_every_task():
     rows = suite.table()
     assert sum(r["tasks"] for r in rows) == len(LARGE)
     assert sum(r["far"] for r in rows) == len(tasks.list_tasks(suite="large", transfer="far"))
+
+
+# ------------------------------------------------------------------ the plan: which tasks a profile runs
+
+def test_plan_subsets_are_nested_and_type_balanced():
+    from llgbm.lab.suiteplan import SuitePlan
+    plan = SuitePlan.preset("quick")
+    subsets = [plan.training(s) for s in plan.train_sizes]
+    assert [len(s) for s in subsets[:-1]] == [16, 32, 64, 128]
+    assert len(subsets[-1]) == len(tasks.list_tasks(suite="large", heldout=False))
+    assert all(set(a) < set(b) for a, b in zip(subsets, subsets[1:]))                       # nested
+    counts = Counter(tasks.get_task(n).family for n in subsets[0])
+    assert len(counts) == 16 and max(counts.values()) == 1                                  # one per type at 16
+    assert not {tasks.get_task(n).family for n in plan.heldout("far")} & {tasks.get_task(n).family for n in subsets[-1]}
+    for transfer in ("near", "far"):
+        chosen = plan.heldout(transfer)
+        assert plan.items(transfer) >= 512 and all(len(tasks.get_task(n).test) >= 64 for n in chosen)
+        assert set(chosen) <= set(tasks.list_tasks(suite="large", transfer=transfer))
+    assert len({tasks.get_task(n).family for n in plan.heldout("far")}) == 3
+    assert SuitePlan.preset("quick", seed=1).training(16) != subsets[0]                     # the seed orders within types
+    assert len(SuitePlan.preset("full").heldout("far")) >= len(plan.heldout("far"))
+    assert {r["part"] for r in plan.table()} == {"held out, near", "held out, far", "training"}
+
+
+def test_plan_refuses_bad_settings():
+    from llgbm.lab.suiteplan import SuitePlan
+    with pytest.raises(ValueError, match="increasing"):
+        SuitePlan(train_sizes=(32, 16))
+    with pytest.raises(ValueError, match="the large suite has"):
+        SuitePlan().training(10_000)
+    with pytest.raises(ValueError, match="unknown transfer"):
+        SuitePlan().heldout("middle")
