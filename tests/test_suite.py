@@ -127,3 +127,18 @@ def test_plan_refuses_bad_settings():
         SuitePlan().training(10_000)
     with pytest.raises(ValueError, match="unknown transfer"):
         SuitePlan().heldout("middle")
+
+
+def test_scored_items_put_test_first_then_dev():
+    big, classic = tasks.get_task("territory_names_de"), tasks.get_task("add_1")
+    assert big.items(64, 16) == big.test[:64] + big.dev[:16]                 # its own dev split
+    assert classic.items(64, 16) == classic.test[:80]                        # the tail of test, as before
+    assert big.items(10) == big.test[:10] and big.items() == big.test
+    with pytest.raises(ValueError, match="dev items for the 40 asked"):
+        classic.items(90, 40)
+    with pytest.raises(ValueError, match="test items, n_test=200"):
+        big.items(200, 4)
+    from llgbm.generator.train import TrainingConfig
+    for profile in ("smoke", "quick", "full"):                               # every profile's dev items exist
+        cfg = TrainingConfig.preset(profile)
+        assert len(classic.items(cfg.eval_items, cfg.dev_items)) == cfg.eval_items + cfg.dev_items

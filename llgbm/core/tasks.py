@@ -57,6 +57,22 @@ class Task:
         """The task's unlabeled prompts: what a generator is conditioned on."""
         return [self.prompt(x) for x, _ in self.split(split)]
 
+    def items(self, n_test: int | None = None, n_dev: int = 0) -> Pairs:
+        """The items a lab scores: the first `n_test` test items (all when None), then `n_dev` dev items
+        from the task's dev split. A classic task has no dev split: its dev items are the test split's
+        next ones, after the `n_test` (as the reports of 00-06 took them). Too few items is an error."""
+        if not n_dev:
+            return self.test[:n_test]
+        if n_test is None or len(self.test) < n_test:
+            raise ValueError(f"task {self.name!r}: dev items follow exactly n_test test items; it has {len(self.test)} "
+                             f"test items, n_test={n_test}")
+        dev = self.dev[:n_dev] if self.dev else self.test[n_test:n_test + n_dev]
+        if len(dev) < n_dev:
+            raise ValueError(f"task {self.name!r} has {len(dev)} dev items for the {n_dev} asked "
+                             f"({'its dev split' if self.dev else f'test items after the first {n_test}'}): "
+                             f"lower dev_items or eval_items")
+        return self.test[:n_test] + dev
+
     def split(self, split: str) -> Pairs:
         if split not in ("train", "dev", "test"):
             raise ValueError(f"unknown split {split!r}; expected 'train', 'dev' or 'test'")

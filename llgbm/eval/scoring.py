@@ -103,11 +103,12 @@ class TaskScores:
 
 
 def evaluate_task(model, tokenizer, task: Task, n: int | None = None, batch_size: int = 32, prefix: str = "",
-                  loglik_only: bool = False, copies: int = 1) -> TaskScores | list[TaskScores]:
-    """Score the first `n` test items (all when None): greedy exact match and gold log-likelihood
-    (`loglik_only`: the log-likelihood alone, `correct` all NaN). `prefix` precedes every prompt.
-    `copies` > 1: one TaskScores per copy of the rows (see `evaluate_adapters`)."""
-    pairs = task.test[:n]
+                  loglik_only: bool = False, copies: int = 1, n_dev: int = 0) -> TaskScores | list[TaskScores]:
+    """Score the first `n` test items (all when None), then `n_dev` dev items (`Task.items`): greedy
+    exact match and gold log-likelihood (`loglik_only`: the log-likelihood alone, `correct` all NaN).
+    `prefix` precedes every prompt. `copies` > 1: one TaskScores per copy of the rows (see
+    `evaluate_adapters`)."""
+    pairs = task.items(n, n_dev)
     ll = gold_loglik(model, tokenizer, task, pairs, batch_size, prefix, copies).reshape(copies, -1)
     if loglik_only:
         scores = [TaskScores(task.name, np.full(len(pairs), np.nan), ll[c]) for c in range(copies)]

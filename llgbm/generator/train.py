@@ -62,15 +62,18 @@ class TrainingConfig:
                                            # its loss plateau (`stats.plateau_drop`), not to the LM objectives' steps
     weight_keep_steps: tuple[int, ...] = (80, 250, 500)   # its checkpoints kept for 06's learning curve (so that no
                                                            # notebook retrains them after another trained on)
-    dev_items: int = 16                    # dev items per held-out task, after its test items: where a
-                                           # best method is chosen, never scored for a headline
+    dev_items: int = 16                    # dev items per held-out task (`Task.items`: its dev split, or for a
+                                           # classic task the test items after eval_items): where a best method
+                                           # is chosen, never scored for a headline. A classic task has 100 test
+                                           # items, so eval_items + dev_items ≤ 100 (full: 80 + 20; it was
+                                           # 100 + 25, which left full's dev split empty)
 
     @classmethod
     def preset(cls, profile: str, objective: str = "weight", **overrides) -> "TrainingConfig":
         base = {"smoke": dict(steps=4, batch_size=2, seeds=(0, 1), eval_items=4, dev_items=2, weight_steps=6, weight_keep_steps=(2,),
                               ckpt_every=2, warmup=1, sft_examples=8, sft_per_adapter=2, kd_top_k=16),
                 "quick": dict(),
-                "full": dict(steps=1000, ckpt_every=100, eval_items=100, dev_items=25, weight_steps=3000,
+                "full": dict(steps=1000, ckpt_every=100, eval_items=80, dev_items=20, weight_steps=3000,
                              weight_keep_steps=(80, 250, 1000), seeds=(0, 1, 2, 3, 4))}
         cfg = cls(**base[check_profile(profile)]).with_objective(objective)
         return preset_config(cls, {f.name: getattr(cfg, f.name) for f in fields(cls)}, overrides)

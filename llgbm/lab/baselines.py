@@ -76,8 +76,10 @@ class TaskMixture:
         task, inp = x
         return get_task(task).prompt(inp)
 
+    dev = ()
     target = staticmethod(Task.target)
     score = staticmethod(Task.score)
+    items = Task.items
 
 
 # The multi-task LoRA's learning rate. At the zoo's 3e-3 (tuned for 30-step teachers) the 480-step

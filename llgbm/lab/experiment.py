@@ -156,11 +156,11 @@ class GeneratorLab:
         """`evaluate` for several runs or checkpoints at once, in shared forwards (`sample.evaluate_many`).
         Test and dev items are scored together, once, and cached: either split reads the same cache."""
         with_delta = self.supervision is not None
-        n = n_items or self.tcfg.eval_items + self.tcfg.dev_items
+        n, n_dev = (n_items, 0) if n_items else (self.tcfg.eval_items, self.tcfg.dev_items)
         scores = sample.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
                                       self.zoo_cfg.lora_config(), self.heldout, n,
                                       self.supervision if with_delta else None,
-                                      self.teacher_deltas() if with_delta else None, progress, condition, loglik_only)
+                                      self.teacher_deltas() if with_delta else None, progress, condition, loglik_only, n_dev)
         return scores if n_items else [compare.split_items(s, split, self.tcfg.eval_items) for s in scores]
 
     def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
@@ -194,14 +194,14 @@ class GeneratorLab:
         """Per-item scores on the held-out items `evaluate` uses (its test or dev `split`), for every
         REFERENCES method: {method: {task: {correct, loglik}}}, plus {"nearest": {task: training task}}.
         Both splits are scored together, once, and cached."""
-        n = self.tcfg.eval_items + self.tcfg.dev_items
-        key = f"reference-v2-{self.root.name}-{'_'.join(self.heldout)}-{n}"
+        n, n_dev = self.tcfg.eval_items, self.tcfg.dev_items
+        key = f"reference-v3-{self.root.name}-{'_'.join(self.heldout)}-{n}-{n_dev}"
         path = llgbm_home() / "generators" / f"reference-{hash_bytes(key.encode())[:16]}.json"
-        saved = cache.cached(path, lambda: self._reference_scores(progress, n))
+        saved = cache.cached(path, lambda: self._reference_scores(progress, n, n_dev))
         return dict({m: compare.split_items(cache.arrays(rows), split, self.tcfg.eval_items)
                      for m, rows in saved.items() if m != "nearest"}, nearest=saved["nearest"])
 
-    def _reference_scores(self, progress: bool, n: int) -> dict:
+    def _reference_scores(self, progress: bool, n: int, n_dev: int) -> dict:
         final, nearest = self.final_checkpoints(), self.nearest_tasks()
         mean_lora = average_adapters([self.root / final[t] for t in self.training_tasks])
         out = {m: {} for m in REFERENCES}
@@ -209,7 +209,7 @@ class GeneratorLab:
             task = tasks.get_task(t)
             adapters = {"base": None, "mean_lora": mean_lora, "nearest_lora": self.root / final[nearest[t]],
                         "teacher": self.root / final[t]}
-            scores = evaluate_adapters(self.model, self.tokenizer, task, list(adapters.values()), n=n,
+            scores = evaluate_adapters(self.model, self.tokenizer, task, list(adapters.values()), n=n, n_dev=n_dev,
                                        lora_config=self.zoo_cfg.lora_config())   # the four in shared forwards
             for m, s in zip(adapters, scores):
                 out[m][t] = dict(correct=s.correct.astype(float), loglik=s.loglik)
