@@ -67,6 +67,23 @@ def test_task_rows_train_sft_and_context_distillation_and_refuse_bad_input(lab):
         cfg = lab.config(name, steps=2, keep_steps=())
         runs[name] = training.train(data, lab.gcfg, cfg, 0, progress=False, outputs=out, run_dir=lab.root.parent / name)
         assert np.isfinite(runs[name].history[name]).all() and len(runs[name].history["loss"]) == 2
+    # the generated adapter with a few-shot prompt before each item: scored as the adapter applied to
+    # that prompt, and cached apart from the adapter alone
+    from llgbm.generator import sample
+    from llgbm.eval.scoring import evaluate_adapter
+    from llgbm.lab.baselines import icl_prefix
+    res, held = runs["sft"], lab.heldout[:1]
+    both = sample.evaluate_many([res], lab.encoder, lab.model, lab.tokenizer, lab.lora_tokenizer, lab.zoo_cfg.lora_config(),
+                                held, 2, progress=False, loglik_only=True, prefix=lambda t: icl_prefix(t, 2))[0]
+    alone = sample.evaluate_many([res], lab.encoder, lab.model, lab.tokenizer, lab.lora_tokenizer, lab.zoo_cfg.lora_config(),
+                                 held, 2, progress=False, loglik_only=True)[0]
+    task = tasks.get_task(held[0])
+    state = lab.lora_tokenizer.detokenize(sample.generate_tokens(res.generator, lab.encoder, task.prompts("train")))
+    direct = evaluate_adapter(lab.model, lab.tokenizer, task, state, 2, lora_config=lab.zoo_cfg.lora_config(),
+                              prefix=icl_prefix(task, 2), loglik_only=True)
+    assert np.allclose(both[held[0]]["loglik"], direct.loglik, atol=1e-4)
+    assert not np.allclose(both[held[0]]["loglik"], alone[held[0]]["loglik"], atol=1e-4)
+    assert len(list(res.run_dir.glob("eval_*.json"))) == 2
     assert out.cache.misses == len(NO_TEACHER)                            # one context teacher per task, then served
     out.teacher(cd.rows[0])
     assert out.cache.misses == len(NO_TEACHER)
@@ -80,3 +97,17 @@ def test_task_rows_train_sft_and_context_distillation_and_refuse_bad_input(lab):
         TaskData(NO_TEACHER, lab.encoder, lab.gcfg, lab.lora_tokenizer, offset, teacher="lora")
     with pytest.raises(ValueError, match="offset must be one token tensor"):
         TaskData(NO_TEACHER, lab.encoder, lab.gcfg, lab.lora_tokenizer, offset[None])
+
+
+def test_a_generator_without_a_zoo_starts_from_a_fresh_lora(tiny):
+    from llgbm.generator.dataset import lora_init_tokens
+    from llgbm.generator.tokenizer import LoraLayout, LoRATokenizer2D
+    from llgbm.teachers.zoo import ZooConfig
+    model, _ = tiny
+    zcfg = ZooConfig.preset("smoke")
+    lt = LoRATokenizer2D(LoraLayout.from_config(model.config, rank=zcfg.rank, targets=zcfg.targets))
+    state = lt.detokenize(lora_init_tokens(model, zcfg.lora_config(), lt))
+    a = [v for k, v in state.items() if "lora_A" in k]
+    b = [v for k, v in state.items() if "lora_B" in k]
+    assert a and all(v.abs().sum() > 0 for v in a) and all(v.abs().sum() == 0 for v in b)
+    assert not any("lora" in n for n, _ in model.named_modules())                   # the base model is left clean

@@ -186,6 +186,14 @@ class TaskData(GeneratorData):
                           f"teacher={self.teacher},labeled={self.labeled},shots={self.shots}".encode())[:16]
 
 
+def lora_init_tokens(base_model, lora_config, lora_tokenizer: LoRATokenizer2D, seed: int = 0) -> torch.Tensor:
+    """A fresh LoRA's init (peft's: A random, B zero) as DnD tokens: where a generator without a zoo
+    starts (`TaskData`'s offset), as a LoRA trained from scratch would. All-zero tokens would not do:
+    with both factors zero, neither gets a gradient."""
+    from llgbm.teachers.packing import initial_state  # lazy: peft wraps the model only for this call
+    return lora_tokenizer.tokenize(initial_state(base_model, lora_config, "generator-init", seed))
+
+
 def condition_texts(task, labeled: bool = False, pairs=None) -> list[str]:
     """What a generator is conditioned on: the task's prompts (DnD), or with `labeled` its examples
     written out with their answers, as a few-shot prompt shows them. `pairs` defaults to the train split."""

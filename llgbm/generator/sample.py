@@ -67,10 +67,12 @@ def evaluate(result, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D,
 
 
 def _eval_cache(result, texts: dict[str, list[str]], task_names: list[str], n_items: int, loglik_only: bool,
-                n_dev: int = 0) -> Path | None:
+                n_dev: int = 0, prefixes: dict[str, str] | None = None) -> Path | None:
     key = dict(tasks=list(task_names), n=n_items, step=len(result.history.get("loss", [])))
     if n_dev:
         key["n_dev"] = n_dev
+    if prefixes:
+        key["prefix"] = hash_bytes(json.dumps(prefixes, sort_keys=True).encode())[:16]
     if loglik_only:
         key["loglik_only"] = True
     if any(texts[t] != get_task(t).prompts("train") for t in task_names):
@@ -88,18 +90,20 @@ def _delta_cache(eval_cache: Path | None, supervision) -> Path | None:
 def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRATokenizer2D, lora_config,
                   task_names: list[str], n_items: int, supervision=None,
                   teacher_deltas: dict[str, np.ndarray] | None = None, progress: bool = True,
-                  condition=None, loglik_only: bool = False, n_dev: int = 0) -> list[dict[str, dict]]:
+                  condition=None, loglik_only: bool = False, n_dev: int = 0, prefix=None) -> list[dict[str, dict]]:
     """`evaluate` for several generator runs (seeds, checkpoints along a run) on the same items: the
     runs not yet scored are scored together, their adapters in shared forwards
     (`scoring.evaluate_adapters`); each run's scores are cached in its own folder as `evaluate`
     caches them, so a run scored alone or with others reads the same cache. The generated Δ is cached
     beside them (keyed by the supervision's probes and base activation) and its cosines with the
     teacher deltas recomputed; a run with everything cached runs neither MiniLM nor the generator.
-    `n_dev` dev items follow each task's `n_items` test items (`Task.items`)."""
+    `n_dev` dev items follow each task's `n_items` test items (`Task.items`). `prefix(task)` is text
+    before every test prompt (a few-shot prompt: the generated adapter *and* the demonstrations)."""
     condition = condition or (lambda task: task.prompts("train"))
     texts = {name: condition(get_task(name)) for name in task_names}
     with_delta = supervision is not None and teacher_deltas is not None
-    caches = [_eval_cache(r, texts, task_names, n_items, loglik_only, n_dev) for r in results]
+    prefixes = {name: prefix(get_task(name)) for name in task_names} if prefix is not None else None
+    caches = [_eval_cache(r, texts, task_names, n_items, loglik_only, n_dev, prefixes) for r in results]
     delta_caches = [_delta_cache(c, supervision) if with_delta else None for c in caches]
     saved = [_read(c, float) for c in caches]
     deltas = [_read(c, np.float32) if with_delta else None for c in delta_caches]
@@ -119,7 +123,8 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
             tokens[i] = generate_tokens(results[i].generator, encoder, texts[name], encoded[key])
         if todo:
             scores = evaluate_adapters(model, tokenizer, task, [lora_tokenizer.detokenize(tokens[i]) for i in todo],
-                                       n=n_items, lora_config=lora_config, loglik_only=loglik_only, n_dev=n_dev)
+                                       n=n_items, lora_config=lora_config, loglik_only=loglik_only, n_dev=n_dev,
+                                       prefix=prefixes[name] if prefixes else "")
             for i, s in zip(todo, scores):
                 outs[i][name] = dict(correct=s.correct.astype(float), loglik=s.loglik)
         for i, s in enumerate(saved):

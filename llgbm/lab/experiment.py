@@ -146,13 +146,15 @@ class GeneratorLab:
                              f"load the lab for that model, or train a generator for this one")
 
     def evaluate(self, result: training.TrainResult, progress: bool = True, condition=None, loglik_only: bool = False,
-                 n_items: int | None = None, split: str = "test") -> dict[str, dict]:
+                 n_items: int | None = None, split: str = "test", prefix=None) -> dict[str, dict]:
         """Held-out scores of a generator run (see `sample.evaluate`) on the profile's test items, or
-        on its dev items (`split="dev"`); `n_items` instead scores the first n items, unsplit."""
-        return self.evaluate_many([result], progress, condition, loglik_only, n_items, split)[0]
+        on its dev items (`split="dev"`); `n_items` instead scores the first n items, unsplit.
+        `prefix(task)` goes before every prompt (the adapter plus a few-shot prompt)."""
+        return self.evaluate_many([result], progress, condition, loglik_only, n_items, split, prefix)[0]
 
     def evaluate_many(self, results: list[training.TrainResult], progress: bool = True, condition=None,
-                      loglik_only: bool = False, n_items: int | None = None, split: str = "test") -> list[dict[str, dict]]:
+                      loglik_only: bool = False, n_items: int | None = None, split: str = "test",
+                      prefix=None) -> list[dict[str, dict]]:
         """`evaluate` for several runs or checkpoints at once, in shared forwards (`sample.evaluate_many`).
         Test and dev items are scored together, once, and cached: either split reads the same cache."""
         with_delta = self.supervision is not None
@@ -160,7 +162,8 @@ class GeneratorLab:
         scores = sample.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer,
                                       self.zoo_cfg.lora_config(), self.heldout, n,
                                       self.supervision if with_delta else None,
-                                      self.teacher_deltas() if with_delta else None, progress, condition, loglik_only, n_dev)
+                                      self.teacher_deltas() if with_delta else None, progress, condition, loglik_only, n_dev,
+                                      prefix)
         return scores if n_items else [compare.split_items(s, split, self.tcfg.eval_items) for s in scores]
 
     def fit_delta_cos(self, result: training.TrainResult) -> dict[str, float]:
