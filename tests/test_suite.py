@@ -4,6 +4,7 @@ import unicodedata
 from collections import Counter
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from llgbm.core import suite, tasks
@@ -142,3 +143,18 @@ def test_scored_items_put_test_first_then_dev():
     for profile in ("smoke", "quick", "full"):                               # every profile's dev items exist
         cfg = TrainingConfig.preset(profile)
         assert len(classic.items(cfg.eval_items, cfg.dev_items)) == cfg.eval_items + cfg.dev_items
+
+
+def test_suite_table_and_cached_base_accuracy(tiny, lab_home):
+    from llgbm.lab.suiteplan import base_accuracy, suite_table
+    model, tok = tiny
+    names = ["territory_names_de", "territory_names_ca", "weekday_fr", "arithmetic_add_7"]
+    acc = base_accuracy(model, tok, "tiny-fp", names, 2, progress=False)
+    assert set(acc) == set(names) and all(0 <= v <= 1 for v in acc.values())
+    assert len(list((lab_home / "suite").glob("base-accuracy-*.json"))) == 1
+    assert base_accuracy(model, tok, "tiny-fp", names, 2, progress=False) == acc           # read back
+    table = suite_table(acc, {"territory_names_de": 0.5})
+    assert table.loc["territory_names", "tasks"] == 2 and table.loc["territory_names", "near"] == 1
+    assert table.loc["weekday", "far"] == 1 and table.loc["territory_names", "teachers"] == 1
+    assert table.loc["territory_names", "teacher_exact_match"] == 0.5
+    assert np.isnan(table.loc["arithmetic", "teacher_exact_match"])

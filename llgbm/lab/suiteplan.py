@@ -4,12 +4,16 @@ the items per task. On 2 cores the quick profile cannot score all 63 held-out ta
 training task a LoRA teacher; the plan says which it takes, and the full profile takes all."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
-from llgbm.core import tasks
-from llgbm.core.utils import check_profile, preset_config
+from llgbm.core import cache, tasks
+from llgbm.core.utils import check_profile, hash_bytes, llgbm_home, preset_config
+from llgbm.eval.scoring import evaluate_task
 
 
 def balanced_order(names: list[str], seed: int = 0) -> list[str]:
@@ -80,3 +84,33 @@ class SuitePlan:
         return rows + [dict(part="training", task=f"{len(self.training(s))} tasks",
                             type=f"{len({tasks.get_task(n).family for n in self.training(s)})} types", items=None)
                        for s in self.train_sizes]
+
+
+def base_accuracy(model, tokenizer, model_fingerprint: str, names: list[str], n_items: int,
+                  progress: bool = True) -> dict[str, float]:
+    """{task: the base model's exact match on its first `n_items` test items}, cached under
+    LLGBM_HOME/suite by model, tasks, items and the tasks' test data (so an edited task is rescored)."""
+    data = [(n, tasks.get_task(n).test[:n_items]) for n in names]
+    key = hash_bytes(json.dumps([model_fingerprint, n_items, data]).encode())[:16]
+
+    def score():
+        return {n: float(evaluate_task(model, tokenizer, tasks.get_task(n), n_items).acc)
+                for n in tqdm(names, desc="base model on the suite", disable=not progress, leave=False)}
+    return cache.cached(llgbm_home() / "suite" / f"base-accuracy-{key}.json", score)
+
+
+def suite_table(base: dict[str, float], teacher: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per type: tasks (training / near / far), the base model's mean exact match over its
+    tasks (`base`: {task: accuracy}) and, where a teacher exists, the teachers' (`teacher`)."""
+    teacher = teacher or {}
+    rows = []
+    for n, acc in base.items():
+        t = tasks.get_task(n)
+        rows.append(dict(type=t.family, task=n, role=t.transfer or ("held out" if t.heldout else "training"),
+                         base=acc, teacher=teacher.get(n, np.nan)))
+    frame = pd.DataFrame(rows)
+    out = frame.groupby("type", sort=False).agg(
+        tasks=("task", "size"), training=("role", lambda r: int((r == "training").sum())),
+        near=("role", lambda r: int((r == "near").sum())), far=("role", lambda r: int((r == "far").sum())),
+        base_exact_match=("base", "mean"), teachers=("teacher", "count"), teacher_exact_match=("teacher", "mean"))
+    return out
