@@ -300,9 +300,23 @@ def test_report_says_which_commit_each_section_came_from(tmp_path, monkeypatch):
     state = json.loads((rep.dir / "run.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run.REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert state["commit"] == head and isinstance(state["dirty"], bool)
-    assert provenance.provenance_line("02_dataset", dict(commit=head, dirty=False)).endswith("the committed code of this notebook.")
+    assert provenance.provenance_line("02_dataset", dict(commit=head, dirty=False)).endswith("modules) is unchanged since.")
     assert "**with uncommitted changes**" in provenance.provenance_line("02_dataset", dict(commit=head, dirty=True))
     assert "**may be older than the committed code**" in provenance.provenance_line("02_dataset", None)
-    # code changed between the run's commit and HEAD: git diff --quiet answers 1
-    monkeypatch.setattr(provenance, "_git", lambda *a: subprocess.CompletedProcess(a, 1, "", ""))
-    assert "**older than the committed code**" in provenance.provenance_line("02_dataset", dict(commit=head, dirty=False))
+    # a file the notebook runs changed between the run's commit and HEAD: named in the line
+    monkeypatch.setattr(provenance, "_git", lambda *a: subprocess.CompletedProcess(a, 0, "llgbm/core/tasks.py\n", ""))
+    line = provenance.provenance_line("02_dataset", dict(commit=head, dirty=False))
+    assert "**older than the committed code**: 1 file(s)" in line and "`llgbm/core/tasks.py`" in line
+    monkeypatch.setattr(provenance, "_git", lambda *a: subprocess.CompletedProcess(a, 128, "", "bad revision"))
+    assert "not found in this checkout's history" in provenance.provenance_line("02_dataset", dict(commit="f" * 40, dirty=False))
+
+
+def test_provenance_follows_the_notebooks_imports():
+    from llgbm.notebook import provenance
+    calabi = provenance.code_files("11_calabi")
+    assert {"notebooks/11_calabi.ipynb", "geomlib/calabi/lab.py", "geomlib/calabi/__init__.py", "llgbm/eval/lm.py",
+            "llgbm/__init__.py"} <= set(calabi)
+    assert "llgbm/lab/zeroshot.py" not in calabi and "geomlib/inl/lab.py" not in calabi     # not imported: not its code
+    assert "llgbm/lab/zeroshot.py" in provenance.code_files("06_zeroshot")
+    assert provenance._imports("from llgbm.core import tasks\nimport numpy\ndef f():\n    import geomlib.inl.lab") == {
+        "llgbm", "llgbm.core", "llgbm.core.tasks", "geomlib", "geomlib.inl", "geomlib.inl.lab"}
