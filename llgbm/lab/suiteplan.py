@@ -88,15 +88,16 @@ class SuitePlan:
 
 def base_accuracy(model, tokenizer, model_fingerprint: str, names: list[str], n_items: int,
                   progress: bool = True) -> dict[str, float]:
-    """{task: the base model's exact match on its first `n_items` test items}, cached under
-    LLGBM_HOME/suite by model, tasks, items and the tasks' test data (so an edited task is rescored)."""
-    data = [(n, tasks.get_task(n).test[:n_items]) for n in names]
-    key = hash_bytes(json.dumps([model_fingerprint, n_items, data]).encode())[:16]
-
-    def score():
-        return {n: float(evaluate_task(model, tokenizer, tasks.get_task(n), n_items).acc)
-                for n in tqdm(names, desc="base model on the suite", disable=not progress, leave=False)}
-    return cache.cached(llgbm_home() / "suite" / f"base-accuracy-{key}.json", score)
+    """{task: the base model's exact match on its first `n_items` test items}. Each task is cached on
+    its own under LLGBM_HOME/suite, keyed by model, items and the task's test data (an edited task
+    is rescored; an interrupted run keeps the tasks it finished: the whole suite takes ~18 min on 2 cores)."""
+    out = {}
+    for n in tqdm(names, desc="base model on the suite", disable=not progress, leave=False):
+        task = tasks.get_task(n)
+        key = hash_bytes(json.dumps([model_fingerprint, n_items, n, task.test[:n_items]]).encode())[:16]
+        out[n] = cache.cached(llgbm_home() / "suite" / f"base-accuracy-{n}-{key}.json",
+                              lambda task=task: dict(acc=float(evaluate_task(model, tokenizer, task, n_items).acc)))["acc"]
+    return out
 
 
 def suite_table(base: dict[str, float], teacher: dict[str, float] | None = None) -> pd.DataFrame:
