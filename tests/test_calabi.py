@@ -205,3 +205,42 @@ def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
     m = ledger.metrics(res, best, mini, ppl_dense=10.0, tps_dense=100.0, params_dense=10**8, ppl_ft=11.0, ft_steps=5,
                        eval_tokens=100, calib_tokens=200, speed=speed)
     assert ledger.claims(m, best)[0][2].startswith("inconclusive on speed (within noise)")
+
+
+def test_ablations_switch_off_the_bias_and_the_rank_rule_at_equal_parameters(lab_home):
+    """Notebook 11's two rows: the bias on/off for the seed's method and the best one, and uniform ranks
+    at the energy + gap model's parameter count; both rows' verdicts read paired CIs over windows."""
+    from geomlib.calabi import ablations, lab
+    from llgbm.core.models import load_model
+    from llgbm.eval import lm
+    cfg = lab.CalabiConfig.preset("smoke", min_features=32)
+    dense, tok = load_model("tiny", device="cpu")
+    calib, evals = (lm.pydoc_windows(tok, split, 4, cfg.window) for split in ("calib", "eval"))
+    stats = svd.collect_calibration(dense, [{"input_ids": calib}])
+    abl = ablations.ablations("tiny", dense, stats, evals, cfg, "svdllm", 0.2)
+    assert list(abl.variant[:4]) == ["energy_gap, bias on", "energy_gap, bias off", "svdllm, bias on", "svdllm, bias off"]
+    assert abl.nll.map(len).eq(len(evals)).all()
+    # the bias-on energy_gap row is the grid's cell, measured per window
+    grid = lab.compression_grid("tiny", stats, evals, cfg, svd.OptimizedCYModelUtils.count_parameters(dense),
+                                methods=("energy_gap",), progress=False)
+    assert abl.ppl.iloc[0] == pytest.approx(float(grid.query("ratio == 0.2").ppl.iloc[0]), rel=1e-4)
+    # uniform ranks: no more parameters than the rule's model, and the analytic count is the built one
+    eg, uni = abl.iloc[0], abl.iloc[-1]
+    assert uni.method == "plain" and uni.params <= eg.params
+    assert ablations.factored_count(dense, uni.ratio, cfg.min_features) == uni.params
+    assert ablations.factored_count(dense, uni.ratio - 1e-3, cfg.min_features) > eg.params      # the smallest such ratio
+    m = ablations.metrics(abl)
+    rows = ablations.claims(m)
+    assert [r[0][:20] for r in rows] == ["The reconstruction b", "The energy + spectra"]
+    lo, hi = m["abl_rule_gain_lo"], m["abl_rule_gain_hi"]
+    assert rows[1][2] == ("supported" if lo > 0 else "refuted" if hi < 0 else "inconclusive (every interval includes 0)")
+    assert f"{m['abl_rule_gain']:+.4f}" in rows[1][3]
+
+
+def test_uniform_ratio_refuses_an_unreachable_count():
+    from geomlib.calabi import ablations
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="no uniform ratio"):
+        ablations.uniform_ratio(model, 10, min_features=32)
+    r = ablations.uniform_ratio(model, 2000, min_features=32)
+    assert ablations.factored_count(model, r, 32) <= 2000 < ablations.factored_count(model, r - 1e-3, 32)
