@@ -151,12 +151,15 @@ class TaskData(GeneratorData):
     LoRA teacher: sft, and kd whose teacher is the base model with demonstrations in its prompt
     (`teacher="context"`: context distillation). So a generator can train on every task of the large
     suite, not only those with teachers. Each row is a task; its weight target is `offset` (the
-    zoo's mean teacher token, where the generator starts), which these objectives never read."""
+    zoo's mean teacher token, or a fresh LoRA's init: where the generator starts), which these
+    objectives never read. The condition draws from each task's first `prompt_pool` train prompts
+    (None: all), encoded once; `encoded` is a dict shared between TaskData over overlapping tasks."""
 
     TEACHERS = ("none", "context")
 
     def __init__(self, task_names: list[str], encoder, gcfg: GeneratorConfig, lora_tokenizer: LoRATokenizer2D,
-                 offset: torch.Tensor, teacher: str = "none", labeled: bool = False, shots: int | None = None):
+                 offset: torch.Tensor, teacher: str = "none", labeled: bool = False, shots: int | None = None,
+                 prompt_pool: int | None = None, encoded: dict | None = None):
         if teacher not in self.TEACHERS:
             raise ValueError(f"unknown teacher {teacher!r}; expected one of {self.TEACHERS}")
         held = [t for t in task_names if get_task(t).heldout]
@@ -170,11 +173,15 @@ class TaskData(GeneratorData):
             raise ValueError(f"offset must be one token tensor of shape {expected} (n_tokens, rank + 2, chunk), "
                              f"got {tuple(offset.shape)}")
         self.dataset, self.gcfg, self.lora_tokenizer, self.teacher = None, gcfg, lora_tokenizer, teacher
-        self.labeled, self.shots, self.deltas = labeled, shots, None
+        self.labeled, self.shots, self.deltas, self.prompt_pool = labeled, shots, None, prompt_pool
         self.tasks = sorted(task_names)
         self.rows = [dict(task=t, hash=f"task:{t}", path=None, teacher=teacher) for t in self.tasks]
-        self.encoded = {t: encode_prompts(encoder, condition_texts(get_task(t), labeled), gcfg.prompt_tokens)
-                        for t in self.tasks}
+        shared = {} if encoded is None else encoded      # a caller's dict: runs over the same tasks encode once
+        for t in self.tasks:
+            key = (t, labeled, prompt_pool, gcfg.prompt_tokens)
+            if key not in shared:
+                shared[key] = encode_prompts(encoder, condition_texts(get_task(t), labeled)[:prompt_pool], gcfg.prompt_tokens)
+        self.encoded = {t: shared[t, labeled, prompt_pool, gcfg.prompt_tokens] for t in self.tasks}
         offset = offset.nan_to_num()
         self.tokens = offset[None].expand(len(self.rows), *offset.shape)   # one shared tensor, no copies
         self.weights, self.mask = token_weights(offset[None]), lora_tokenizer.mask()
@@ -182,8 +189,9 @@ class TaskData(GeneratorData):
     def fingerprint(self, with_deltas: bool = True) -> str:
         """The tasks (by their training data), the teacher, the condition and the starting token."""
         data = [(t, get_task(t).train) for t in self.tasks]
+        pool = f",prompt_pool={self.prompt_pool}" if self.prompt_pool is not None else ""
         return hash_bytes(repr(data).encode(), self.tokens[0].numpy().tobytes(),
-                          f"teacher={self.teacher},labeled={self.labeled},shots={self.shots}".encode())[:16]
+                          f"teacher={self.teacher},labeled={self.labeled},shots={self.shots}{pool}".encode())[:16]
 
 
 def lora_init_tokens(base_model, lora_config, lora_tokenizer: LoRATokenizer2D, seed: int = 0) -> torch.Tensor:
