@@ -104,8 +104,9 @@ def test_type_table_counts_every_task():
 
 def test_plan_subsets_are_nested_and_type_balanced():
     from llgbm.lab.suiteplan import SuitePlan
-    plan = SuitePlan.preset("quick")
-    subsets = [plan.training(s) for s in plan.train_sizes]
+    full, plan = SuitePlan.preset("full"), SuitePlan.preset("quick")
+    assert plan.train_sizes == (16, 64, None) and full.train_sizes == (16, 32, 64, 128, None)   # 06's compute plan
+    subsets = [full.training(s) for s in full.train_sizes]
     assert [len(s) for s in subsets[:-1]] == [16, 32, 64, 128]
     assert len(subsets[-1]) == len(tasks.list_tasks(suite="large", heldout=False))
     assert all(set(a) < set(b) for a, b in zip(subsets, subsets[1:]))                       # nested
@@ -118,7 +119,7 @@ def test_plan_subsets_are_nested_and_type_balanced():
         assert set(chosen) <= set(tasks.list_tasks(suite="large", transfer=transfer))
     assert len({tasks.get_task(n).family for n in plan.heldout("far")}) == 3
     assert SuitePlan.preset("quick", seed=1).training(16) != subsets[0]                     # the seed orders within types
-    assert len(SuitePlan.preset("full").heldout("far")) >= len(plan.heldout("far"))
+    assert len(full.heldout("far")) >= len(plan.heldout("far"))
     assert {r["part"] for r in plan.table()} == {"held out, near", "held out, far", "training"}
 
 

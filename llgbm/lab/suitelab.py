@@ -59,16 +59,19 @@ class SuiteConfig:
     seeds: tuple[int, ...] = (0, 1, 2)     # headline rows: every seed at the smallest and largest scaling point
     curve_seeds: tuple[int, ...] = (0,)    # seeds at the intermediate scaling points (stated in the protocol)
     control_seeds: tuple[int, ...] = (0,)  # seeds of the best generator scored on the controls
+    adapter_icl_exact: bool = False        # adapter + k-shot prompt: greedy exact match too (the long prompt makes it the
+                                           # dearest scoring of the plan; quick scores its log-lik only)
     teacher_max_steps: int = 80            # held-out teachers: at most this many steps to their dev plateau
     teacher_check_every: int = 20
+    suite_items: int = 8                   # test items per task for the suite table's base accuracy (all 297 tasks)
 
     @classmethod
     def preset(cls, profile: str, **overrides) -> "SuiteConfig":
         base = {"smoke": dict(steps=4, batch_size=2, per_adapter=2, pool=4, shots=2, top_k=8, seeds=(0, 1), prompt_pool=8,
-                              teacher_max_steps=4, teacher_check_every=2),
+                              teacher_max_steps=4, teacher_check_every=2, suite_items=1),
                 "quick": dict(),
                 "full": dict(steps=400, pool=64, seeds=(0, 1, 2, 3, 4), curve_seeds=(0, 1, 2), teacher_max_steps=2000,
-                             teacher_check_every=50)}[check_profile(profile)]
+                             teacher_check_every=50, suite_items=32, adapter_icl_exact=True)}[check_profile(profile)]
         return preset_config(cls, base, overrides)
 
     def __post_init__(self):

@@ -45,7 +45,7 @@ class SuitePlan:
     @classmethod
     def preset(cls, profile: str, **overrides) -> "SuitePlan":
         base = {"smoke": dict(train_sizes=(2, 4), near_tasks=2, far_tasks=2, test_items=4, dev_items=2),
-                "quick": dict(),
+                "quick": dict(train_sizes=(16, 64, None)),      # 32 and 128 left out: the 06 compute plan
                 "full": dict(train_sizes=(16, 32, 64, 128, None), near_tasks=None, far_tasks=None, test_items=100,
                              dev_items=tasks.MAX_DEV)}[check_profile(profile)]
         return preset_config(cls, base, overrides)

@@ -23,6 +23,7 @@ from llgbm.lab.baselines import icl_prefix, prompt_tokens
 from llgbm.lab.generate import choice_path
 from llgbm.lab.ledgers import suite as ledger
 from llgbm.lab.suitelab import SuiteLab
+from llgbm.lab.suiteplan import base_accuracy, suite_table
 
 
 def groups(lab: SuiteLab) -> dict[str, list[str]]:
@@ -48,7 +49,7 @@ def headline(lab: SuiteLab) -> dict:
     best = ledger.best_generator(dev, cfg.objectives)
     record_choice(lab, best, dev)
     runs = [results[best, s] for s in cfg.seeds]
-    for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True)):
+    for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True, loglik_only=not cfg.adapter_icl_exact)):
         evals["adapter_icl", s] = sc
     controls = [results[best, s] for s in cfg.control_seeds]
     for control in ("other", "random"):
@@ -123,6 +124,15 @@ def cost_table(lab: SuiteLab, head: dict, n: int = 16) -> pd.DataFrame:
     frame = pd.DataFrame.from_dict(rows, orient="index")
     return frame.rename(columns={"lm_examples": "LM training examples", "train_seconds": "training s",
                                  "seconds_per_adapter": "s per adapter", "prompt_tokens": "prompt tokens per item"})
+
+
+def suite_overview(lab: SuiteLab) -> pd.DataFrame:
+    """The suite table: per type, its tasks (training / near / far), the base model's exact match on
+    each task's first `suite_items` test items (cached per task), and the held-out teachers' where they exist."""
+    names = tasks.list_tasks(suite="large")
+    base = base_accuracy(lab.model, lab.tokenizer, lab.fingerprint, names, lab.cfg.suite_items, progress=lab.progress)
+    teacher = {t: r["checkpoints"][0]["test_acc"] for t, r in lab.teachers.items()}
+    return suite_table(base, teacher)
 
 
 def teachers_table(lab: SuiteLab) -> pd.DataFrame:
