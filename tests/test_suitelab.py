@@ -91,3 +91,20 @@ def test_generate_defaults_to_the_objective_06_chose_on_dev(lab_home):
     assert generate.chosen_objective("smoke") == ("cd", "chosen on dev items by notebook 06 (2026-12-01 12:00 UTC)")
     with pytest.raises(ValueError, match="unknown objective 'magic'.*sft, cd"):
         generate.generate_for_task(lab_home / "a", prompts=["x"], objective="magic")
+
+
+def test_stage_clock_keeps_the_first_measurement(tmp_path):
+    from types import SimpleNamespace
+
+    from llgbm.lab import suiterun
+    lab = SimpleNamespace(root=tmp_path, profile="smoke", tag=lambda *a: "t", cfg=None, plan=None)
+    clock = suiterun.StageClock(lab)
+    with clock.stage("a"):
+        sum(range(10000))
+    first = clock.first["a"]
+    again = suiterun.StageClock(lab)                       # a warm rerun: the cold seconds are kept
+    with again.stage("a"):
+        pass
+    assert again.first["a"] == first and again.now["a"] <= first + 1.0
+    table = suiterun.stage_table(again)
+    assert list(table.index) == ["a", "total"] and table.loc["total", "first run (min)"] == pytest.approx(first / 60)

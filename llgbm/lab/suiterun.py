@@ -9,13 +9,14 @@ so a warm rerun only rebuilds tables and figures):
 5. the cost table and the README's own-task example (add_4)."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import pandas as pd
 from peft import PeftModel
 
-from llgbm.core import tasks
+from llgbm.core import cache, tasks
 from llgbm.core.utils import atomic_write_json
 from llgbm.eval.scoring import evaluate_task
 from llgbm.generator import sample
@@ -26,35 +27,62 @@ from llgbm.lab.suitelab import SuiteLab
 from llgbm.lab.suiteplan import base_accuracy, suite_table
 
 
+class StageClock:
+    """Wall seconds of each stage of the plan, as first measured (the cold run that did the work),
+    kept under LLGBM_HOME/suite per plan: a warm rerun, which reads everything back, keeps them."""
+
+    def __init__(self, lab: SuiteLab):
+        self.path = lab.root / f"stage-seconds-{lab.profile}-{lab.tag(lab.cfg, lab.plan)}.json"
+        self.first = cache.read(self.path) or {}
+        self.now: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.now[name] = time.perf_counter() - t0
+        if name not in self.first:
+            self.first[name] = self.now[name]
+            cache.write(self.path, self.first)
+
+
 def groups(lab: SuiteLab) -> dict[str, list[str]]:
     return {"near": lab.near, "far": lab.far, "all": lab.heldout}
 
 
-def headline(lab: SuiteLab) -> dict:
+def headline(lab: SuiteLab, clock: StageClock) -> dict:
     """Steps 1–3: {"evals": {(method, seed): scores, test and dev items}, "results": {(objective, seed):
     TrainResult}, "records": {("multitask_lora", seed): run record}, "best": objective}."""
     cfg = lab.cfg
-    ref = lab.references()
-    evals = {("base", 0): ref["base"], ("teacher", 0): ref["teacher"], ("icl", 0): lab.icl()}
+    with clock.stage("own teachers"):
+        lab.teachers
+    with clock.stage("base and teachers scored"):
+        ref = lab.references()
+    with clock.stage("k-shot prompting"):
+        evals = {("base", 0): ref["base"], ("teacher", 0): ref["teacher"], ("icl", 0): lab.icl()}
     records = {}
-    for s in cfg.seeds:
-        evals["multitask_lora", s], records["multitask_lora", s] = lab.multitask(s)
+    with clock.stage("multi-task LoRA"):
+        for s in cfg.seeds:
+            evals["multitask_lora", s], records["multitask_lora", s] = lab.multitask(s)
     results = {}
     for obj in cfg.objectives:
-        runs = [lab.train(obj, s) for s in cfg.seeds]
-        for s, r, sc in zip(cfg.seeds, runs, lab.evaluate(runs)):
-            results[obj, s], evals[obj, s] = r, sc
+        with clock.stage(f"generator, {obj}"):
+            runs = [lab.train(obj, s) for s in cfg.seeds]
+            for s, r, sc in zip(cfg.seeds, runs, lab.evaluate(runs)):
+                results[obj, s], evals[obj, s] = r, sc
     dev = {g: ledger.methods_table(split(lab, evals, "dev"), split_ref(lab, ref, "dev"), names)
            for g, names in groups(lab).items() if g != "all"}
     best = ledger.best_generator(dev, cfg.objectives)
     record_choice(lab, best, dev)
     runs = [results[best, s] for s in cfg.seeds]
-    for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True, loglik_only=not cfg.adapter_icl_exact)):
-        evals["adapter_icl", s] = sc
+    with clock.stage("adapter + k-shot prompt"):
+        for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True, loglik_only=not cfg.adapter_icl_exact)):
+            evals["adapter_icl", s] = sc
     controls = [results[best, s] for s in cfg.control_seeds]
-    for control in ("other", "random"):
-        for s, sc in zip(cfg.control_seeds, lab.evaluate(controls, control=control)):
-            evals[control, s] = sc
+    with clock.stage("controls"):
+        for control in ("other", "random"):
+            for s, sc in zip(cfg.control_seeds, lab.evaluate(controls, control=control)):
+                evals[control, s] = sc
     return dict(evals=evals, results=results, records=records, best=best, dev=dev)
 
 
@@ -73,16 +101,17 @@ def split_ref(lab: SuiteLab, ref: dict, which: str = "test") -> dict:
     return {m: lab.split(ref[m], which) for m in ("base", "teacher")}
 
 
-def scaling(lab: SuiteLab, head: dict) -> dict[tuple, dict]:
+def scaling(lab: SuiteLab, head: dict, clock: StageClock) -> dict[tuple, dict]:
     """Step 4: {(objective, size, seed): test scores}; the largest point is the headline runs."""
     cfg, plan, out = lab.cfg, lab.plan, {}
     smaller = list(plan.train_sizes[:-1])
     for obj in cfg.objectives:
         for size in smaller:
             seeds = cfg.seeds if size == smaller[0] else cfg.curve_seeds
-            runs = [lab.train(obj, sd, size) for sd in seeds]
-            for sd, sc in zip(seeds, lab.evaluate(runs, loglik_only=True)):
-                out[obj, size, sd] = lab.split(sc)
+            with clock.stage(f"scaling, {obj}, {len(plan.training(size))} tasks"):
+                runs = [lab.train(obj, sd, size) for sd in seeds]
+                for sd, sc in zip(seeds, lab.evaluate(runs, loglik_only=True)):
+                    out[obj, size, sd] = lab.split(sc)
         for sd in cfg.seeds:
             out[obj, lab.largest, sd] = lab.split(head["evals"][obj, sd])
     return out
@@ -204,3 +233,12 @@ def plan_table(lab: SuiteLab) -> pd.DataFrame:
         ("scaling, between", ", ".join(map(str, sizes_[1:-1])) + " training tasks", f"{cfg.steps}",
          ", ".join(map(str, cfg.curve_seeds)), "test, log-lik only")]
     return pd.DataFrame(rows, columns=["condition", "trains on", "steps", "seeds", "items"]).set_index("condition")
+
+
+def stage_table(clock: StageClock) -> pd.DataFrame:
+    """The plan's measured cost: wall minutes of each stage when it first ran (the cold run) and in
+    this run (a warm rerun reads its results back), with the total."""
+    order = list(dict.fromkeys([*clock.now, *clock.first]))              # this run's order, then stages it skipped
+    frame = pd.DataFrame({"first run (min)": pd.Series(clock.first) / 60, "this run (min)": pd.Series(clock.now) / 60}).loc[order]
+    frame.loc["total"] = frame.sum()
+    return frame.rename_axis("stage")
