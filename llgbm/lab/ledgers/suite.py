@@ -19,14 +19,10 @@ PROMPT_RATIO = 5.0        # issue 27: the generator's prompt ≥ 5× shorter tha
 USER_TARGET = 0.5         # issue 27: the README's add_4 example ≥ 50% exact match
 
 
-def scores_only(evals: dict) -> dict:
-    return {k: {t: {w: np.asarray(d[w]) for w in compare.METRICS} for t, d in s.items()} for k, s in evals.items()}
-
-
 def methods_table(evals: dict, ref: dict, names: list[str], histories: dict | None = None) -> pd.DataFrame:
     """Every method over its seeds on `names`: exact match, log-lik and gap recoveries with their
     hierarchical 95% CIs (seeds, tasks), per-seed values and diverged runs, in METHODS order."""
-    table = compare.objective_table(scores_only(evals), ref, names, histories)
+    table = compare.objective_table(evals, ref, names, histories)   # suite scores hold exact match and log-lik only
     return table.loc[[m for m in METHODS if m in table.index]]
 
 
@@ -45,7 +41,7 @@ def paired_table(evals: dict, groups: dict[str, list[str]], best: str) -> pd.Dat
         for a, b in PAIRS:
             a = best if a == "best" else a
             if {a, b} <= {m for m, _ in evals}:
-                rows[(group, f"{a} − {b}")] = compare.paired_test(scores_only(evals), names, a, b)
+                rows[(group, f"{a} − {b}")] = compare.paired_test(evals, names, a, b)
     return pd.DataFrame(rows).T.rename_axis(["held out", "A − B"])
 
 
