@@ -313,7 +313,9 @@ def test_provenance_follows_the_notebooks_imports():
     calabi = provenance.code_files("11_calabi")
     assert {"notebooks/11_calabi.ipynb", "geomlib/calabi/lab.py", "geomlib/calabi/__init__.py", "llgbm/eval/lm.py",
             "llgbm/__init__.py"} <= set(calabi)
-    assert "llgbm/lab/zeroshot.py" not in calabi and "geomlib/inl/lab.py" not in calabi     # not imported: not its code
+    assert "llgbm/lab/generate.py" not in calabi and "geomlib/inl/lab.py" not in calabi     # not imported: not its code
+    for stem in ("10_igbundle", "11_calabi", "12_coordinates", "13_inl"):    # geomlib's notebooks run no llgbm.lab code
+        assert not [f for f in provenance.code_files(stem) if f.startswith("llgbm/lab/")], stem
     assert "llgbm/lab/suitelab.py" in provenance.code_files("06_zeroshot")
     assert provenance._imports("from llgbm.core import tasks\nimport numpy\ndef f():\n    import geomlib.inl.lab") == {
         "llgbm", "llgbm.core", "llgbm.core.tasks", "geomlib", "geomlib.inl", "geomlib.inl.lab"}

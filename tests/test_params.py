@@ -11,7 +11,7 @@ from llgbm.notebook.params import ParameterError, check_params
     (dict(n_timing=0), "parameter n_timing=0"),
     (dict(seed=-1), "parameter seed=-1: expected an integer ≥ 0"),
     (dict(seeds=[0, "one"]), "parameter seeds"),
-    (dict(objectives=["weight", "behaviour"]), "unknown value(s) of parameter objectives ['behaviour']; known: weight, multitask, delta"),
+    (dict(objectives=["weight", "behaviour"]), "unknown value(s) of parameter objectives ['behaviour']; known: sft, cd, weight, multitask, delta"),
     (dict(tasks=["add_1", "no_such_task"]), "unknown value(s) of parameter tasks ['no_such_task']"),
     (dict(ratios=[0.2, 1.5]), "parameter ratios"),
     (dict(epochs=3), "unknown parameter 'epochs'"),
@@ -26,6 +26,7 @@ def test_good_values_pass_unchanged():
     good = dict(profile="smoke", model_name=None, eval_items=None, n_timing=3, seed=0, seeds=[0, 1],
                 objectives=["weight", "delta"], tasks=["add_1"], ratios=[0.2, 0.4], steps_factor=2, ft_steps=0)
     assert check_params(**good) == good
+    assert check_params(objectives=["sft", "cd"]) == dict(objectives=["sft", "cd"])     # 06's, without loading the generator
 
 
 @pytest.mark.notebook

@@ -210,7 +210,7 @@ def _presets() -> list[tuple[str, str, bool]]:
 
 def test_every_config_preset_follows_one_rule():
     found = _presets()
-    assert {c for _, c, _ in found} >= {"ZooConfig", "GeneratorConfig", "TrainingConfig", "ZeroShotConfig", "CalabiConfig",
+    assert {c for _, c, _ in found} >= {"ZooConfig", "GeneratorConfig", "TrainingConfig", "SuiteConfig", "CalabiConfig",
                                         "IGLabConfig", "IGTrainConfig", "CLConfig", "ScratchConfig", "INLLabConfig"}
     assert [(m, c) for m, c, ok in found if not ok] == []
 

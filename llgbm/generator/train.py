@@ -23,13 +23,8 @@ from llgbm.core.utils import atomic_write_json, check_profile, config_hash, llgb
 from llgbm.generator.dataset import GeneratorData
 from llgbm.generator.losses import DeltaSupervision, MultiTaskLoss
 from llgbm.generator.network import GeneratorConfig, HyperConvGenerator
+from llgbm.generator.objectives import OBJECTIVES
 
-# (λ_w, λ_d, λ_kd, λ_sft). The combinations weigh their terms 1:1: every term starts near its own
-# scale of "no better than the mean teacher" (weight and delta are relative errors, ~1; kd and sft are
-# nats per answer token), and no λ was tuned on held-out scores.
-OBJECTIVES = {"weight": (1.0, 0.0, 0.0, 0.0), "multitask": (1.0, 1.0, 0.0, 0.0), "delta": (0.0, 1.0, 0.0, 0.0),
-              "kd": (0.0, 0.0, 1.0, 0.0), "sft": (0.0, 0.0, 0.0, 1.0), "delta+sft": (0.0, 1.0, 0.0, 1.0),
-              "weight+sft": (1.0, 0.0, 0.0, 1.0)}
 HISTORY = ("loss", "weight", "delta", "kd", "sft", "seconds")
 
 

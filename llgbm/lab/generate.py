@@ -17,10 +17,9 @@ from pathlib import Path
 from llgbm.core.tasks import get_task
 from llgbm.core.utils import PROFILES, atomic_write_json, llgbm_home
 from llgbm.generator.sample import generate_adapter
-from llgbm.generator.train import OBJECTIVES
+from llgbm.generator.objectives import ALL_OBJECTIVES, OBJECTIVES
 from llgbm.lab.experiment import GeneratorLab
 
-SUITE_OBJECTIVES = ("sft", "cd")          # the large suite's generators (llgbm.lab.suitelab.OBJECTIVES)
 ZOO_OBJECTIVES = tuple(o for o in OBJECTIVES if o != "sft")   # the zoo's (sft there: pass a GeneratorLab)
 
 
@@ -61,7 +60,7 @@ def generate_for_task(out_dir: Path | str, task: str | None = None, prompts: lis
     with `train_overrides` (e.g. steps) for its TrainingConfig."""
     if (task is None) == (prompts is None):
         raise ValueError("pass exactly one of task (a registered task's name) or prompts (a list of prompt strings)")
-    known = tuple(dict.fromkeys(SUITE_OBJECTIVES + tuple(OBJECTIVES)))
+    known = ALL_OBJECTIVES
     if objective is not None and objective not in known:
         raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(known)} (or none: 06's choice on dev)")
     zoo_lab = isinstance(lab, GeneratorLab) or objective in ZOO_OBJECTIVES
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--task", help="a registered task's name (its train prompts condition the generator)")
     src.add_argument("--prompts", help="a text file of prompts, one per line")
     p.add_argument("--out", required=True, help="the adapter folder to write")
-    p.add_argument("--objective", default=None, choices=list(dict.fromkeys(SUITE_OBJECTIVES + tuple(OBJECTIVES))),
+    p.add_argument("--objective", default=None, choices=list(ALL_OBJECTIVES),
                    help="default: the large suite's generator with the objective notebook 06 chose on dev items "
                         "(sft or cd); weight, delta, kd, ...: the zoo's generators of notebooks 00-05")
     p.add_argument("--profile", default="quick", choices=list(PROFILES))

@@ -34,13 +34,13 @@ from llgbm.generator import sample
 from llgbm.generator import train as training
 from llgbm.generator.dataset import TaskData, lora_init_tokens
 from llgbm.generator.network import GeneratorConfig
+from llgbm.generator.objectives import SUITE_OBJECTIVES as OBJECTIVES
 from llgbm.generator.supervision import OutputSupervision
 from llgbm.generator.tokenizer import LoraLayout, LoRATokenizer2D
 from llgbm.lab.baselines import MULTITASK_LR, TaskMixture, icl_prefix
 from llgbm.lab.suiteplan import SuitePlan
 from llgbm.teachers import plateau, run as teacher_run
 
-OBJECTIVES = {"sft": ("sft", "none"), "cd": ("kd", "context")}    # name: (training objective, TaskData teacher)
 CONTROLS = ("own", "other", "random")
 
 

@@ -7,7 +7,7 @@ from numbers import Integral, Real
 
 from llgbm.core.tasks import list_tasks
 from llgbm.core.utils import PROFILES, check_known
-from llgbm.generator.train import OBJECTIVES
+from llgbm.generator.objectives import ALL_OBJECTIVES
 
 
 class ParameterError(ValueError):
@@ -62,7 +62,7 @@ def check_params(**params) -> dict:
                                   not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in v)):
                 raise ParameterError(f"parameter seeds={v!r}: expected None or a non-empty list of integers ≥ 0")
         elif name == "objectives":
-            _subset(name, v, list(OBJECTIVES), allow_none=True)
+            _subset(name, v, list(ALL_OBJECTIVES), allow_none=True)
         elif name == "tasks":
             if any(t not in list_tasks(suite=None) for t in ([v] if isinstance(v, str) else v or [])):
                 list_tasks(suite="large")          # the name of a large-suite task registers that suite

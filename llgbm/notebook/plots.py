@@ -1,5 +1,5 @@
 """The lab's figures: one seaborn theme, set once on import, and the few figure kinds the notebooks
-share (per-seed points over a mean with its 95% CI, estimates with given CIs, heatmaps of matrices,
+share (per-seed points over a mean with its 95% CI, heatmaps of matrices,
 loss curves). Every axis carries its unit; every title states the question the figure answers."""
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from llgbm.lab.ledgers.zeroshot import METHODS
-from llgbm.lab.zeroshot import curve_figure
-
 PALETTE = "colorblind"
-# The two gap-recovery panels of `estimates_with_ci`, on the hierarchical CIs of `compare.objective_table`.
-GAP_PANELS = {"gap recovery of gold log-lik (fraction)": ("gap_loglik", "gap_loglik_lo", "gap_loglik_hi", ""),
-              "gap recovery of exact match (fraction)": ("gap_acc", "gap_acc_lo", "gap_acc_hi", "")}
-
 
 def set_theme() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.9,
@@ -55,24 +48,6 @@ def _slant(ax) -> None:
     """Long category names: slanted, anchored at their tick so they do not overlap."""
     ax.tick_params(axis="x", labelrotation=25)
     plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-
-
-def estimates_with_ci(table: pd.DataFrame, panels: dict[str, tuple[str, str, str, str]], title: str):
-    """Point estimates with their given 95% CIs, one panel per entry of `panels`:
-    {panel label (with unit): (value column, CI-low column, CI-high column, zero-line label or "")}."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False, layout="constrained")
-    colors = sns.color_palette(PALETTE, len(table))
-    for ax, (label, (col, lo, hi, _)) in zip(axes[0], panels.items()):
-        y = np.arange(len(table))
-        err = np.stack([table[col] - table[lo], table[hi] - table[col]]).astype(float)
-        ax.errorbar(table[col].astype(float), y, xerr=np.nan_to_num(err), fmt="none", ecolor="0.3", capsize=4)
-        ax.scatter(table[col].astype(float), y, c=colors, s=45, zorder=3)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, table.index)
-        ax.invert_yaxis()
-        ax.set(xlabel=label)
-    fig.suptitle(title)
-    return fig
 
 
 def heatmap(matrix: pd.DataFrame, title: str, cbar_label: str, fmt: str = ".2f", center: float | None = None,
@@ -141,16 +116,3 @@ def lines(frame: pd.DataFrame, x: str, y: str, hue: str, title: str, palette: st
     ax.set(title=title)
     ax.legend(fontsize=6, ncols=2, title=hue)
     return fig
-
-
-def zeroshot_figures(out: dict, scored: dict, table: pd.DataFrame, refs: dict[str, float], n_items: int) -> dict:
-    """Notebook 06's figures by file name: the multi-task LoRA's training loss at its two learning
-    rates, each objective's learning curve against the baselines' lines `refs`, and the held-out gap
-    recoveries with their CIs (base model left out)."""
-    mt = {f"lr {e['lr']:g}, seed {seed}": e["losses"] for seed, e in scored["multitask_lora_runs"].items()}
-    mt[f"lr {scored['multitask_lora_zoo_lr']['lr']:g} (the zoo's), seed 0"] = scored["multitask_lora_zoo_lr"]["losses"]
-    return {"fig_0_multitask_lora_loss": curves(mt, "training loss (nats per answer token)",
-                                                "The multi-task LoRA baseline's training loss: its seeds, and the zoo's learning rate"),
-            "fig_1_learning_curves": curve_figure(out["curves"], refs),
-            "fig_2_gap_recovery": estimates_with_ci(table.drop(index=[METHODS["base"]]), GAP_PANELS,
-                                                    f"Held-out gap recovery, {n_items} items (95% CI over seeds and tasks)")}
