@@ -88,3 +88,30 @@ def test_adapters_evaluated_in_shared_forwards_score_as_one_at_a_time(tiny_zoo, 
     np.testing.assert_allclose(only_ll[1].loglik, alone[1].loglik, atol=1e-4)
     with pytest.raises(ValueError, match="at least one"):
         scoring.evaluate_adapters(model, tok, task, [])
+
+
+def test_a_shared_prefix_is_read_once_and_scores_as_read_whole(tiny_zoo, tiny, monkeypatch):
+    """k-shot scoring: the demonstrations' KV cache, computed once per task and adapter copy, gives
+    the log-liks and greedy answers of reading prefix + prompt whole, for the base model alone and
+    for adapters in shared forwards (prompts of several lengths, test and dev items)."""
+    model, tok = tiny
+    root, manifest, _, _ = tiny_zoo
+    folders = [root / r["path"] for r in manifest[:2]]
+    task = get_task("country_en_to_de")
+    prefix = "".join(task.prompt(x) + task.target(y) for x, y in task.train[:3])
+    prompts = tok([prefix + task.prompt(x) for x, _ in task.test[:10]], add_special_tokens=False).input_ids
+    shared = scoring.SharedPrefix(model, tok, prefix)
+    assert shared.tails(prompts) is not None and len({len(p) for p in prompts}) > 1     # the shortcut, on ragged prompts
+    merged = tok(["Output: Be" + "rlin"], add_special_tokens=False).input_ids
+    assert scoring.SharedPrefix(model, tok, "Output: Be").tails(merged) is None         # a token across the boundary: read whole
+
+    def score():
+        many = scoring.evaluate_adapters(model, tok, task, [None, *folders], n=10, batch_size=4, prefix=prefix, n_dev=2)
+        return [*many, scoring.evaluate_task(model, tok, task, n=10, batch_size=4, prefix=prefix)]
+    fast = score()
+    monkeypatch.setattr(scoring, "REUSE_PREFIX", False)
+    whole = score()
+    for f, w in zip(fast, whole):
+        np.testing.assert_allclose(f.loglik, w.loglik, atol=1e-4)
+        assert f.predictions == w.predictions
+    assert not np.allclose(fast[0].loglik, fast[1].loglik)            # the adapters did differ

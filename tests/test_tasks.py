@@ -63,6 +63,31 @@ def test_user_registered_task():
         tasks.get_task("bad_task")
 
 
+@pytest.mark.parametrize("pairs, message", [
+    ([("1", None)] + [(str(i), str(i)) for i in range(2, 8)], r"item 0 is \('1', None\).*None is not an answer"),
+    ([(object(), "x")] + [(str(i), str(i)) for i in range(2, 8)], "inputs and answers must be strings"),
+    ([(1, 2)] + [(str(i), str(i)) for i in range(2, 8)], r"write str\(value\) for numbers"),
+    ([("a", "1"), ("a", "999")] + [(str(i), str(i)) for i in range(2, 8)], r"1 input\(s\) have two or more different answers \('a' -> \['1', '999'\]\)"),
+    ([("a", "b", "c")] * 5, r"item 0 is \('a', 'b', 'c'\); each item must be an \(input, answer\) pair"),
+    (["ab"] * 5, "item 0 is 'ab'"),
+    ([("a", "1")] * 5 + [("b", "2")], r"at least 4 distinct examples, got 2 \(6 given, 4 exact duplicate\(s\) collapsed\)"),
+])
+def test_register_task_refuses_bad_data_naming_it(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.register_task("bad_data", "Echo.", pairs, overwrite=True)
+    assert "bad_data" not in tasks.list_tasks()
+
+
+def test_register_task_collapses_exact_duplicates_and_needs_an_instruction():
+    pairs = [(str(i), str(i + 1)) for i in range(8)]
+    t = tasks.register_task("dup_ok", "Add one.", pairs + pairs[:3], overwrite=True)
+    assert len(t.train) + len(t.test) == 8
+    with pytest.raises(ValueError, match="instruction must be a non-empty string"):
+        tasks.register_task("no_instruction", "  ", pairs)
+    # the built-in sources keep their rule: an input with two answers is dropped, not an error
+    assert tasks.get_task("country_to_alpha2").test and not tasks._REGISTRY["country_to_alpha2"].strict
+
+
 def test_probes():
     generic = create_generic_probes()
     assert len(generic) == 5 and len(set(generic)) == 5

@@ -14,6 +14,7 @@ import gettext
 import random
 import string
 import zlib
+from collections import abc
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -88,6 +89,7 @@ class _Spec:
     suite: str = "classic"
     transfer: str = ""
     n_dev: int = 0
+    strict: bool = True
 
 
 _REGISTRY: dict[str, _Spec] = {}
@@ -116,13 +118,19 @@ def _split(name: str, pairs: Sequence[tuple[str, str]], n_dev: int = 0) -> tuple
 
 def register_task(name: str, instruction: str, pairs: Sequence[tuple[str, str]] | Callable,
                   family: str = "custom", heldout: bool = False, overwrite: bool = False, *,
-                  suite: str = "classic", transfer: str = "", n_dev: int = 0) -> Task:
+                  suite: str = "classic", transfer: str = "", n_dev: int = 0, strict: bool = True) -> Task:
     """Add a task to the registry; every phase can then run on it by name.
 
     `pairs` is a list of (input, answer) strings, or a zero-argument callable returning one;
-    `family` is its type label; `n_dev` items (at most an eighth of them) form its dev split."""
+    `family` is its type label; `n_dev` items (at most an eighth of them) form its dev split.
+    `strict` (the default, for your own data): pairs of strings only, and an input given two
+    different answers is an error that names it (exact duplicates are collapsed, and counted where
+    too few items remain). The built-in suites pass strict=False: their values are written with
+    str() and an input with two answers is dropped (their sources produce such inputs by design)."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"task name {name!r} must be non-empty letters, digits and underscores")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(f"task {name!r}: the instruction must be a non-empty string, got {instruction!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"task {name!r} is already registered; pass overwrite=True to replace it")
     if suite not in SUITES:
@@ -131,7 +139,7 @@ def register_task(name: str, instruction: str, pairs: Sequence[tuple[str, str]] 
         raise ValueError(f"task {name!r}: transfer {transfer!r} needs heldout=True and one of {TRANSFERS}")
     source = pairs if callable(pairs) else (lambda p=tuple(pairs): p)
     previous = _REGISTRY.get(name)
-    _REGISTRY[name] = _Spec(family, instruction, source, heldout, suite, transfer, n_dev)
+    _REGISTRY[name] = _Spec(family, instruction, source, heldout, suite, transfer, n_dev, strict)
     _build.cache_clear()
     try:
         return get_task(name)
@@ -143,10 +151,40 @@ def register_task(name: str, instruction: str, pairs: Sequence[tuple[str, str]] 
         raise
 
 
+def _strict_pairs(name: str, raw) -> list[tuple[str, str]]:
+    """A user's pairs, checked: 2-item sequences of strings, one answer per input; exact duplicates
+    collapsed (the error for too few items counts them)."""
+    pairs = []
+    for i, item in enumerate(raw):
+        if isinstance(item, (str, bytes)) or not isinstance(item, abc.Sequence) or len(item) != 2:
+            raise ValueError(f"task {name!r}: item {i} is {item!r}; each item must be an (input, answer) pair of strings")
+        if not all(isinstance(v, str) for v in item):
+            raise ValueError(f"task {name!r}: item {i} is {tuple(item)!r}; inputs and answers must be strings "
+                             f"(write str(value) for numbers; None is not an answer)")
+        if "\n" in item[0] or "\n" in item[1] or not item[1].strip():
+            raise ValueError(f"task {name!r}: item {i} is {tuple(item)!r}; inputs and answers must be one non-empty line")
+        pairs.append((item[0], item[1]))
+    answers: dict[str, set[str]] = {}
+    for x, y in pairs:
+        answers.setdefault(x, set()).add(y)
+    conflicts = sorted(x for x, ys in answers.items() if len(ys) > 1)
+    if conflicts:
+        shown = "; ".join(f"{x!r} -> {sorted(answers[x])}" for x in conflicts[:5])
+        raise ValueError(f"task {name!r}: {len(conflicts)} input(s) have two or more different answers ({shown}"
+                         f"{'; ...' if len(conflicts) > 5 else ''}); give each input one answer")
+    distinct = len(set(pairs))
+    if distinct < 4:
+        collapsed = len(pairs) - distinct
+        raise ValueError(f"task {name!r} needs at least 4 distinct examples, got {distinct}"
+                         + (f" ({len(pairs)} given, {collapsed} exact duplicate(s) collapsed)" if collapsed else ""))
+    return pairs
+
+
 @lru_cache(maxsize=None)
 def _build(name: str) -> Task:
     spec = _REGISTRY[name]
-    pairs = [(str(x), str(y)) for x, y in spec.pairs()]
+    raw = spec.pairs()
+    pairs = _strict_pairs(name, raw) if spec.strict else [(str(x), str(y)) for x, y in raw]
     for x, y in pairs:
         if "\n" in x or "\n" in y or not y.strip():
             raise ValueError(f"task {name!r}: inputs and answers must be one non-empty line, got {(x, y)!r}")
@@ -199,6 +237,11 @@ def families(suite: str | None = "classic") -> list[str]:
 # Built-in suite. Held-out tasks sit between training tasks of the same family (add_3 between
 # add_1/add_2 and add_10; Italian among the Romance languages) so zero-shot transfer is possible.
 
+def _builtin(*args, **kw) -> Task:
+    """register_task for the built-in tasks: values written with str(), ambiguous inputs dropped."""
+    return register_task(*args, strict=False, **kw)
+
+
 def _countries():
     import pycountry
     # Short common names only: "Bolivia, Plurinational State of" is an ISO formality, not a task.
@@ -239,48 +282,48 @@ def _add(name: str, k: int):
 _LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
                "pt": "Portuguese", "sv": "Swedish", "pl": "Polish"}
 for _code, _lang in _LANG_NAMES.items():
-    register_task(f"country_en_to_{_code}", f"Translate the country name into {_lang}.",
+    _builtin(f"country_en_to_{_code}", f"Translate the country name into {_lang}.",
                   lambda c=_code: _country_names(c), family="country_names", heldout=_code in ("it", "nl"))
 
-register_task("country_to_alpha2", "Give the two-letter ISO 3166 code of the country.",
+_builtin("country_to_alpha2", "Give the two-letter ISO 3166 code of the country.",
               lambda: [(c.name, c.alpha_2) for c in _countries()], family="iso_codes")
-register_task("country_to_alpha3", "Give the three-letter ISO 3166 code of the country.",
+_builtin("country_to_alpha3", "Give the three-letter ISO 3166 code of the country.",
               lambda: [(c.name, c.alpha_3) for c in _countries()], family="iso_codes")
-register_task("alpha2_to_country", "Name the country with this two-letter ISO code.",
+_builtin("alpha2_to_country", "Name the country with this two-letter ISO code.",
               lambda: [(c.alpha_2, c.name) for c in _countries()], family="iso_codes")
-register_task("alpha3_to_country", "Name the country with this three-letter ISO code.",
+_builtin("alpha3_to_country", "Name the country with this three-letter ISO code.",
               lambda: [(c.alpha_3, c.name) for c in _countries()], family="iso_codes", heldout=True)
-register_task("alpha3_to_alpha2", "Convert the three-letter country code to its two-letter code.",
+_builtin("alpha3_to_alpha2", "Convert the three-letter country code to its two-letter code.",
               lambda: [(c.alpha_3, c.alpha_2) for c in _countries()], family="iso_codes")
-register_task("language_to_alpha2", "Give the two-letter ISO 639 code of the language.",
+_builtin("language_to_alpha2", "Give the two-letter ISO 639 code of the language.",
               lambda: [(n, a) for a, n in _languages()], family="iso_codes")
-register_task("alpha2_to_language", "Name the language with this two-letter ISO 639 code.",
+_builtin("alpha2_to_language", "Name the language with this two-letter ISO 639 code.",
               _languages, family="iso_codes", heldout=True)
-register_task("currency_to_name", "Name the currency with this ISO 4217 code.",
+_builtin("currency_to_name", "Name the currency with this ISO 4217 code.",
               lambda: [(c.alpha_3, c.name) for c in __import__("pycountry").currencies],
               family="iso_codes")
 
 for _code, _lang in [("en", "English"), ("fr", "French"), ("de", "German"), ("es", "Spanish"),
                      ("it", "Italian"), ("pt", "Portuguese"), ("nl", "Dutch")]:
-    register_task(f"number_words_{_code}", f"Write the number in {_lang} words.",
+    _builtin(f"number_words_{_code}", f"Write the number in {_lang} words.",
                   lambda c=_code: _numbers(c), family="number_words", heldout=_code in ("it", "pt"))
-register_task("ordinal_words_en", "Write the ordinal of the number in English words.",
+_builtin("ordinal_words_en", "Write the ordinal of the number in English words.",
               lambda: _numbers("en", "ordinal"), family="number_words")
 
 for _k in (1, 2, 3, 10):
-    register_task(f"add_{_k}", f"Add {_k} to the number.", lambda k=_k: _add(f"add_{k}", k),
+    _builtin(f"add_{_k}", f"Add {_k} to the number.", lambda k=_k: _add(f"add_{k}", k),
                   family="transforms", heldout=_k == 3)
-register_task("subtract_1", "Subtract 1 from the number.",
+_builtin("subtract_1", "Subtract 1 from the number.",
               lambda: [(str(n), str(n - 1)) for n in random.Random(7).sample(range(10, 1000), 600)],
               family="transforms")
 for _k in (1, 2, 3):
-    register_task(f"caesar_{_k}", f"Shift every letter {_k} place{'s' * (_k > 1)} forward in the alphabet.",
+    _builtin(f"caesar_{_k}", f"Shift every letter {_k} place{'s' * (_k > 1)} forward in the alphabet.",
                   lambda k=_k: [(w, _caesar(w, k)) for w in _random_words(f"caesar_{k}", 600, 4)],
                   family="transforms", heldout=_k == 2)
-register_task("reverse_letters", "Reverse the order of the letters.",
+_builtin("reverse_letters", "Reverse the order of the letters.",
               lambda: [(w, " ".join(reversed(w.split()))) for w in _random_words("reverse", 600, 5)],
               family="transforms")
-register_task("uppercase_letters", "Write the letters in upper case.",
+_builtin("uppercase_letters", "Write the letters in upper case.",
               lambda: [(w, w.upper()) for w in _random_words("upper", 600, 5)], family="transforms")
 
 BUILTIN_TASKS = tuple(_REGISTRY)

@@ -2,9 +2,14 @@
 the gold answer (a smooth metric that moves before accuracy does), with or without an adapter.
 
 The lm_head runs only at answer positions: on a 135M model with a 49k vocabulary it is ~20% of a
-full forward, and only a handful of positions per item need logits."""
+full forward, and only a handful of positions per item need logits. A prefix shared by every item
+(k-shot demonstrations, ~100 tokens before a ~20-token prompt) is read once per task: its KV cache
+is computed once (per adapter copy) and every item's forward continues from it, so an item costs
+what its own tokens cost. The tokens are the same as reading prefix + prompt whole (checked per
+batch; where the tokeniser merges across the boundary the batch is read whole)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,13 +44,48 @@ def build_batch(encoded, pad_id: int, device=None) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=attn, target_mask=target).items()}
 
 
-def target_logprobs(model, batch) -> torch.Tensor:
-    """Log-probability of each target token, flattened over the batch's target positions."""
+REUSE_PREFIX = True      # False: read prefix + prompt whole for every item (the reference the tests compare with)
+
+
+def target_logprobs(model, batch, past: tuple[int, object] | None = None) -> torch.Tensor:
+    """Log-probability of each target token, flattened over the batch's target positions. `past`:
+    (its length, a KV cache for every row) that the batch's tokens continue."""
     body, head = backbone_and_head(model)
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask, kw = batch["attention_mask"], {}
+    if past is not None:
+        mask = torch.cat([mask.new_ones(mask.shape[0], past[0]), mask], 1)
+        kw = dict(past_key_values=past[1], use_cache=True)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=mask, **kw).last_hidden_state
     predict = batch["target_mask"][:, 1:]               # position j predicts token j+1
     logits = head(hidden[:, :-1][predict]).float()
     return torch.gather(F.log_softmax(logits, -1), 1, batch["input_ids"][:, 1:][predict][:, None])[:, 0]
+
+
+class SharedPrefix:
+    """A prefix's tokens and KV cache, computed once for `copies` rows (one per adapter copy)."""
+
+    def __init__(self, model, tokenizer, prefix: str, copies: int = 1):
+        self.ids = tokenizer(prefix, add_special_tokens=False).input_ids
+        body, _ = backbone_and_head(model)
+        x = torch.tensor([self.ids], device=next(model.parameters()).device).repeat(copies, 1)
+        self.cache = body(input_ids=x, use_cache=True).past_key_values
+
+    def tails(self, prompts: list[list[int]]) -> list[list[int]] | None:
+        """Each prompt's tokens after the prefix, if every prompt (prefix + prompt read whole) starts
+        with exactly the prefix's tokens and has tokens of its own; else None (read them whole)."""
+        n = len(self.ids)
+        ok = all(len(p) > n and p[:n] == self.ids for p in prompts)
+        return [p[n:] for p in prompts] if ok else None
+
+    def past(self, rows_per_copy: int) -> tuple[int, object]:
+        """(prefix length, a fresh cache with each copy's row repeated for its rows_per_copy items)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows_per_copy)
+        return len(self.ids), cache
+
+
+def shared_prefix(model, tokenizer, prefix: str, copies: int = 1) -> SharedPrefix | None:
+    return SharedPrefix(model, tokenizer, prefix, copies) if prefix and REUSE_PREFIX else None
 
 
 @torch.no_grad()
@@ -54,11 +94,15 @@ def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32, prefi
     `copies` > 1 runs each batch's rows that many times over in one forward (copy i for adapter i of a
     hooked FunctionalLoRA batch) and returns (copies, items)."""
     device = next(model.parameters()).device
-    out = []
+    shared, out = shared_prefix(model, tokenizer, prefix, copies), []
     for i in range(0, len(pairs), batch_size):
         encoded = encode_pairs(tokenizer, task, pairs[i:i + batch_size], prefix)
+        tails = shared.tails([p for p, _ in encoded]) if shared else None
+        past = None
+        if tails is not None:
+            encoded, past = [(tail, t) for tail, (_, t) in zip(tails, encoded)], shared.past(len(encoded))
         batch = {k: v.repeat(copies, 1) for k, v in build_batch(encoded, tokenizer.pad_token_id, device).items()}
-        lp = target_logprobs(model, batch)
+        lp = target_logprobs(model, batch, past)
         counts = [len(t) for _, t in encoded] * copies
         out.append(np.array([c.mean().item() for c in torch.split(lp, counts)]).reshape(copies, -1))
     out = np.concatenate(out, axis=1) if out else np.zeros((copies, 0))
@@ -68,12 +112,19 @@ def gold_loglik(model, tokenizer, task: Task, pairs, batch_size: int = 32, prefi
 @torch.no_grad()
 def greedy_answers(model, tokenizer, task: Task, inputs, max_new_tokens: int, batch_size: int = 32,
                    prefix: str = "", copies: int = 1) -> list[str] | list[list[str]]:
-    """Greedy answers (left-padded batches, HF generate with its KV cache); with `copies` > 1, one
-    list per copy of the rows, as in `gold_loglik`."""
+    """Greedy answers (left-padded batches, HF generate with its KV cache; after a shared prefix,
+    `_greedy_after`); with `copies` > 1, one list per copy of the rows, as in `gold_loglik`."""
     device = next(model.parameters()).device
+    shared = shared_prefix(model, tokenizer, prefix, copies)
     answers = [[] for _ in range(copies)]
     for i in range(0, len(inputs), batch_size):
         prompts = tokenizer([prefix + task.prompt(x) for x in inputs[i:i + batch_size]], add_special_tokens=False).input_ids
+        tails = shared.tails(prompts) if shared else None
+        if tails is not None:
+            texts = _greedy_after(model, tokenizer, shared, tails, max_new_tokens, copies)
+            for c in range(copies):
+                answers[c] += texts[c * len(prompts):(c + 1) * len(prompts)]
+            continue
         length = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts], device=device)
         attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -84,6 +135,44 @@ def greedy_answers(model, tokenizer, task: Task, inputs, max_new_tokens: int, ba
         for c in range(copies):
             answers[c] += texts[c * len(prompts):(c + 1) * len(prompts)]
     return answers if copies > 1 else answers[0]
+
+
+def _greedy_after(model, tokenizer, shared: SharedPrefix, tails: list[list[int]], max_new_tokens: int,
+                  copies: int) -> list[str]:
+    """Greedy answers (to the first newline) of prompts that continue the shared prefix, rows in
+    `copies` blocks. Prompts of one length go together (no padding); decoding stops at end of text,
+    or once every row has a newline (nothing after it is kept)."""
+    body, head = backbone_and_head(model)
+    device = next(model.parameters()).device
+    newline: dict[int, bool] = {}
+    texts = [""] * (copies * len(tails))
+    by_length: dict[int, list[int]] = {}
+    for j, t in enumerate(tails):
+        by_length.setdefault(len(t), []).append(j)
+    for idx in by_length.values():
+        ids = torch.tensor([tails[j] for j in idx], device=device).repeat(copies, 1)
+        _, cache = shared.past(len(idx))
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        stopped = torch.zeros_like(done)
+        out = []
+        for _ in range(max_new_tokens):
+            hidden = body(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+            ids = head(hidden[:, -1]).argmax(-1)
+            ids = torch.where(stopped, torch.full_like(ids, tokenizer.pad_token_id), ids)
+            out.append(ids)
+            stopped |= ids == tokenizer.eos_token_id
+            for r, tok in enumerate(ids.tolist()):
+                if tok not in newline:
+                    newline[tok] = "\n" in tokenizer.decode([tok])
+                done[r] |= newline[tok]
+            if bool((done | stopped).all()):
+                break
+            ids = ids[:, None]
+        decoded = tokenizer.batch_decode(torch.stack(out, 1), skip_special_tokens=True)
+        for c in range(copies):
+            for k, j in enumerate(idx):
+                texts[c * len(tails) + j] = decoded[c * len(idx) + k].split("\n")[0]
+    return texts
 
 
 @dataclass

@@ -220,14 +220,16 @@ class SuiteLab:
         return training.train(data, self.gcfg, tcfg, seed, progress=False, outputs=self.outputs,
                               meta=dict(base_model=self.model_name, model_fingerprint=self.fingerprint, suite_objective=objective))
 
-    def evaluate(self, results: list, control: str = "own", with_icl: bool = False, loglik_only: bool = False) -> list[dict]:
-        """Held-out scores (test then dev items) of generator runs, in shared forwards and cached per run:
-        conditioned on the task's own prompts or a `control`'s, and with the k-shot prompt (`with_icl`)."""
+    def evaluate(self, results: list, control: str = "own", with_icl: bool = False, loglik_only: bool = False,
+                 dev: bool = True) -> list[dict]:
+        """Held-out scores (test then dev items; `dev=False`: test items alone, where no choice is made)
+        of generator runs, in shared forwards and cached per run: conditioned on the task's own prompts
+        or a `control`'s, and with the k-shot prompt (`with_icl`)."""
         check_known([control], CONTROLS, "control")
         prefix = (lambda task: icl_prefix(task, self.cfg.shots)) if with_icl else None
         return sample.evaluate_many(results, self.encoder, self.model, self.tokenizer, self.lora_tokenizer, self.lora_config,
                                     self.heldout, self.n_test, progress=False, condition=self.condition(control),
-                                    loglik_only=loglik_only, n_dev=self.plan.dev_items, prefix=prefix)
+                                    loglik_only=loglik_only, n_dev=self.plan.dev_items if dev else 0, prefix=prefix)
 
     def condition(self, control: str):
         """What the generator reads for a held-out task: its own train prompts (None), the next held-out

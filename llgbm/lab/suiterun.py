@@ -3,7 +3,8 @@ so a warm rerun only rebuilds tables and figures):
 
 1. references (base, plateau teachers), k-shot prompting and the multi-task LoRA (every seed);
 2. every objective at the largest scaling point with every seed; the best chosen on dev items;
-3. the best generator with the k-shot prompt, and its controls (another task's prompts, random text);
+3. the best generator with the k-shot prompt, and its controls (another task's prompts, random text),
+   on test items only (dev items serve the choice in 2 alone);
 4. the scaling curve: every objective at the smaller points (every seed at the smallest, `curve_seeds`
    between), log-lik only;
 5. the cost table and the README's own-task example (add_4)."""
@@ -76,12 +77,12 @@ def headline(lab: SuiteLab, clock: StageClock) -> dict:
     record_choice(lab, best, dev)
     runs = [results[best, s] for s in cfg.seeds]
     with clock.stage("adapter + k-shot prompt"):
-        for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True, loglik_only=not cfg.adapter_icl_exact)):
+        for s, sc in zip(cfg.seeds, lab.evaluate(runs, with_icl=True, loglik_only=not cfg.adapter_icl_exact, dev=False)):
             evals["adapter_icl", s] = sc
     controls = [results[best, s] for s in cfg.control_seeds]
     with clock.stage("controls"):
         for control in ("other", "random"):
-            for s, sc in zip(cfg.control_seeds, lab.evaluate(controls, control=control)):
+            for s, sc in zip(cfg.control_seeds, lab.evaluate(controls, control=control, dev=False)):
                 evals[control, s] = sc
     return dict(evals=evals, results=results, records=records, best=best, dev=dev)
 
@@ -110,7 +111,7 @@ def scaling(lab: SuiteLab, head: dict, clock: StageClock) -> dict[tuple, dict]:
             seeds = cfg.seeds if size == smaller[0] else cfg.curve_seeds
             with clock.stage(f"scaling, {obj}, {len(plan.training(size))} tasks"):
                 runs = [lab.train(obj, sd, size) for sd in seeds]
-                for sd, sc in zip(seeds, lab.evaluate(runs, loglik_only=True)):
+                for sd, sc in zip(seeds, lab.evaluate(runs, loglik_only=True, dev=False)):
                     out[obj, size, sd] = lab.split(sc)
         for sd in cfg.seeds:
             out[obj, lab.largest, sd] = lab.split(head["evals"][obj, sd])
@@ -218,6 +219,7 @@ def plan_table(lab: SuiteLab) -> pd.DataFrame:
     """The compute plan: per condition, what it trains, its steps, seeds and the items it is scored on."""
     cfg, plan = lab.cfg, lab.plan
     n_items = f"{len(lab.near)} near + {len(lab.far)} far tasks × ({plan.test_items} test + {plan.dev_items} dev)"
+    test_only = f"{len(lab.near)} near + {len(lab.far)} far tasks × {plan.test_items} test"
     sizes_ = [len(plan.training(s)) for s in plan.train_sizes]
     rows = [
         ("own teachers", "one LoRA per held-out task", f"to the dev plateau, ≤ {cfg.teacher_max_steps}", "0", n_items),
@@ -227,8 +229,9 @@ def plan_table(lab: SuiteLab) -> pd.DataFrame:
         *[(f"generator, {o}", f"{sizes_[-1]} training tasks × {cfg.pool} examples",
            f"{cfg.steps} × {cfg.batch_size} tasks × {cfg.per_adapter} examples", ", ".join(map(str, cfg.seeds)), n_items)
           for o in cfg.objectives],
-        ("best generator + k-shot prompt", "-", "-", ", ".join(map(str, cfg.seeds)), n_items),
-        ("controls: other task's prompts, random text", "-", "-", ", ".join(map(str, cfg.control_seeds)), n_items),
+        ("best generator + k-shot prompt", "-", "-", ", ".join(map(str, cfg.seeds)),
+         test_only + ("" if cfg.adapter_icl_exact else ", log-lik only")),
+        ("controls: other task's prompts, random text", "-", "-", ", ".join(map(str, cfg.control_seeds)), test_only),
         ("scaling, smallest point", f"{sizes_[0]} training tasks", f"{cfg.steps}", ", ".join(map(str, cfg.seeds)), "test, log-lik only"),
         ("scaling, between", ", ".join(map(str, sizes_[1:-1])) + " training tasks", f"{cfg.steps}",
          ", ".join(map(str, cfg.curve_seeds)), "test, log-lik only")]
