@@ -15,4 +15,12 @@ The pipeline, one package per stage; each imports only the stages below it:
 `eval` sits right above `core` although it comes late in the story: teachers and generators are
 scored with it as they train. The modules at this level (`run`, `zoo`, `generate`, `ddp`,
 `training`, `dataset`, `functional`, `probes`) keep the commands and seed 002's import paths."""
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes (imported by peft and transformers) logs "Failed to load CPU gemm_4bit_forward from
+# kernels-community: No module named 'kernels'" in every process on a CPU with AVX512-BF16: its
+# optional downloaded kernel is not installed, and its built-in CPU kernel serves instead (NF4 works,
+# tested). Nothing for a user to do, so that one message is filtered here, before anything imports it.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())

@@ -158,6 +158,22 @@ def test_runner_stops_on_a_failing_notebook(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "reports" / "smoke" / "_executed" / "01_after.ipynb").exists()
 
 
+def test_runner_reports_a_bad_parameter_in_one_line(tmp_path, monkeypatch, capsys):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('profile = "quick"\nseeds = [-1]', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from llgbm.notebook.params import check_params\ncheck_params(profile=profile, seeds=seeds)")],
+        metadata={"kernelspec": {"name": "llgbm", "display_name": "LLGBM Lab", "language": "python"}})
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, tmp_path / "nb" / "00_params.ipynb")
+    monkeypatch.setattr(run, "NOTEBOOKS", tmp_path / "nb")
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path / "reports"))
+    assert run.main(["--profile", "smoke"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED in cell 3: ParameterError: parameter seeds=[-1]: expected None or a non-empty list" in err
+    assert "check_params(profile" not in err and "Traceback" not in err            # no traceback for a bad parameter
+
+
 def test_runner_rejects_unknown_notebook():
     with pytest.raises(SystemExit, match="unknown notebook"):
         run.notebooks(["99_nothing"])

@@ -209,15 +209,17 @@ def test_generate_writes_a_peft_folder_with_the_in_memory_logits(lab, tmp_path):
     assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, lab.model(ids).logits, atol=1e-6)
 
 
-def test_generate_refuses_bad_input(lab, tmp_path):
-    with pytest.raises(SystemExit, match="unknown task 'no_such_task'"):
-        generate.main(["--task", "no_such_task", "--out", str(tmp_path / "a"), "--profile", "smoke"])
+def test_generate_refuses_bad_input(lab, tmp_path, capsys):
+    from llgbm.core import cli
+    from llgbm.generate import main
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n  \n")
-    with pytest.raises(SystemExit, match="has no prompts"):
-        generate.main(["--prompts", str(empty), "--out", str(tmp_path / "a"), "--profile", "smoke"])
-    with pytest.raises(SystemExit, match="does not exist"):
-        generate.main(["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "a")])
+    for argv, expected in [(["--task", "no_such_task"], "unknown task 'no_such_task'"), (["--prompts", str(empty)], "has no prompts"),
+                           (["--prompts", str(tmp_path / "missing.txt")], "does not exist")]:
+        assert cli.run(main, [*argv, "--out", str(tmp_path / "a"), "--profile", "smoke"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
     with pytest.raises(ValueError, match="exactly one of"):
         generate.generate_for_task(tmp_path / "a", lab=lab)
     with pytest.raises(ValueError, match="unknown objective"):

@@ -6,15 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from llgbm.bench import hotpaths
-from llgbm.core.tasks import get_task
-from llgbm.core.timing import measure_matmul_peak
-from llgbm.core.utils import atomic_write_bytes, atomic_write_json
-from llgbm.lab.experiment import GeneratorLab
-from llgbm.notebook.report import reports_root
+from llgbm.core import cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,17 +18,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per hot path (the median is reported)")
     p.add_argument("--out", default=None, help="markdown file (default: reports/<profile>/bench.md)")
+    cli.add_debug(p)
     p.add_argument("--compile", action="store_true",
                    help="also time the training paths (a zoo step, a kd generator step) under torch.compile")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be ≥ 1, got {args.repeats}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import pandas as pd
+    import torch
+
+    from llgbm.bench import hotpaths  # lazy: --help and argument errors answer before torch loads
+    from llgbm.core.tasks import get_task  # lazy: as above
+    from llgbm.core.timing import measure_matmul_peak  # lazy: as above
+    from llgbm.core.utils import atomic_write_bytes, atomic_write_json  # lazy: as above
+    from llgbm.lab.experiment import GeneratorLab  # lazy: as above
+    from llgbm.notebook.report import reports_root  # lazy: as above
     try:
         lab = GeneratorLab.load(args.profile, args.model)
     except FileNotFoundError as e:
-        raise SystemExit(f"{e}\n(the bench times the generator on the profile's zoo: build it with "
-                         f"`python -m llgbm.zoo --profile {args.profile}` first)") from None
+        raise cli.CommandError(f"{cli.message(e)}; the bench times the generator on the profile's zoo: build it with "
+                               f"`python -m llgbm.zoo --profile {args.profile}` first") from None
     threads = torch.get_num_threads()
     peak = measure_matmul_peak()
     paths = hotpaths.hot_paths(lab, args.repeats)
@@ -85,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,17 +35,23 @@ def llgbm_home() -> Path:
     return Path(os.environ.get("LLGBM_HOME", Path.home() / ".cache" / "llgbm")).expanduser()
 
 
+# torch is imported where it is used: the commands read this module (profiles, paths) while parsing
+# their arguments, before anything heavy loads.
+
 def seed_everything(seed: int) -> None:
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def default_device() -> torch.device:
+    import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
+    import torch
     # bf16 matmuls are ~500x slower than fp32 on this CPU; on CUDA bf16 is the fast path.
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
+from llgbm.core import cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    cli.add_debug(p)
     args = p.parse_args(argv)
 
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
+    from safetensors.torch import save_file
 
     from llgbm.core import models  # lazy: fast --help (defers torch)
     from llgbm.generator import train  # lazy: fast --help (defers torch)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llgbm.core import cli
 from llgbm.core.tasks import get_task
 from llgbm.core.utils import PROFILES, atomic_write_json, llgbm_home
-from llgbm.generator.sample import generate_adapter
 from llgbm.generator.objectives import ALL_OBJECTIVES, OBJECTIVES
-from llgbm.lab.experiment import GeneratorLab
 
 ZOO_OBJECTIVES = tuple(o for o in OBJECTIVES if o != "sft")   # the zoo's (sft there: pass a GeneratorLab)
 
@@ -60,9 +59,12 @@ def generate_for_task(out_dir: Path | str, task: str | None = None, prompts: lis
     with `train_overrides` (e.g. steps) for its TrainingConfig."""
     if (task is None) == (prompts is None):
         raise ValueError("pass exactly one of task (a registered task's name) or prompts (a list of prompt strings)")
+    cli.output_dir(out_dir, "out_dir")
     known = ALL_OBJECTIVES
     if objective is not None and objective not in known:
         raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(known)} (or none: 06's choice on dev)")
+    from llgbm.generator.sample import generate_adapter  # lazy: the command parses and checks its input before torch loads
+    from llgbm.lab.experiment import GeneratorLab  # lazy: as above
     zoo_lab = isinstance(lab, GeneratorLab) or objective in ZOO_OBJECTIVES
     if objective == "cd" and zoo_lab:
         raise ValueError("objective 'cd' (context distillation) is the large suite's: pass no GeneratorLab")
@@ -94,29 +96,22 @@ def generate_for_task(out_dir: Path | str, task: str | None = None, prompts: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m llgbm.generate --task NAME | --prompts FILE --out DIR [--objective …] [--profile …]"""
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m llgbm.generate",
-                                description="Write a peft LoRA adapter for a task from a trained LLGBM generator.")
+    """python -m llgbm.generate --prompts FILE | --task NAME --out DIR [--objective …] [--profile …]"""
+    p = cli.parser("python -m llgbm.generate", "Write a peft LoRA adapter for a task from a trained LLGBM generator.")
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="a text file of prompts, one per line (a task the suite has never seen)")
     src.add_argument("--task", help="a registered task's name (its train prompts condition the generator)")
-    src.add_argument("--prompts", help="a text file of prompts, one per line")
-    p.add_argument("--out", required=True, help="the adapter folder to write")
+    p.add_argument("--out", required=True, help="the adapter folder to write (created if missing)")
     p.add_argument("--objective", default=None, choices=list(ALL_OBJECTIVES),
                    help="default: the large suite's generator with the objective notebook 06 chose on dev items "
                         "(sft or cd); weight, delta, kd, ...: the zoo's generators of notebooks 00-05")
     p.add_argument("--profile", default="quick", choices=list(PROFILES))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        prompts = read_prompts(args.prompts) if args.prompts else None
-        out = generate_for_task(args.out, task=args.task, prompts=prompts, objective=args.objective,
-                                profile=args.profile, seed=args.seed)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    out = cli.output_dir(args.out, "--out")
+    source = cli.input_file(args.prompts, "--prompts file") if args.prompts else None
+    prompts = read_prompts(source) if source else None
+    out = generate_for_task(out, task=args.task, prompts=prompts, objective=args.objective, profile=args.profile,
+                            seed=args.seed)
     print(f"wrote {out}: load it with PeftModel.from_pretrained(base_model, {str(out)!r})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

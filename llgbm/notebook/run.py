@@ -22,12 +22,14 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
 
+from llgbm.core.cli import add_debug
 from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home
 from llgbm.notebook.report import reports_root, write_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KERNEL = "llgbm"
 HISTORY = 4            # earlier runs kept per notebook in timings.json
+USER_ERRORS = ("ParameterError",)   # a notebook error that is bad input, reported in its one line (--debug: traceback too)
 
 
 class LocalKernelManager(AsyncKernelManager):
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel", default=KERNEL)
     ap.add_argument("--note", default=None, help="a note filed with each notebook's timing, e.g. what else shared the CPU")
     ap.add_argument("--timeout", type=int, default=4 * 3600, help="per-cell execution timeout, seconds (a cold quick cell of 06 trains for over an hour on 2 cores)")
+    add_debug(ap)
     args = ap.parse_args(argv)
     import papermill as pm
 
@@ -197,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_notebook(nb, args.profile, args.kernel, args.timeout, progress=f"{nb.stem}{estimate}")
         except pm.PapermillExecutionError as e:
-            print(f"[llgbm.run] {nb.name} FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
-            print("".join(e.traceback[-3:]) if e.traceback else "", file=sys.stderr)
+            print(f"[llgbm.run] {nb.name} FAILED in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())}", file=sys.stderr)
+            if args.debug or e.ename not in USER_ERRORS:       # a bad parameter is the user's: its line says it all
+                print("".join(e.traceback[-3:]) if e.traceback else "", file=sys.stderr)
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0

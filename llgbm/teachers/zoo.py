@@ -201,33 +201,3 @@ def zoo_throughput(records: list[dict], model_config) -> dict:
     flops = tps * training_flops_per_token(model_config, target_fraction)
     peak = sum(r.get("matmul_peak_flops", math.nan) * r["train_seconds"] for r in records) / seconds
     return dict(tokens_per_s=tps, flops_per_s=flops, peak_flops_per_s=peak, peak_fraction=peak_fraction(flops, peak))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llgbm.zoo --profile P`, alone or under `accelerate launch --num_processes N` (GPUs, or
-    CPU processes over gloo): build the profile's zoo, the runs split across the processes."""
-    import argparse
-
-    p = argparse.ArgumentParser(description="Build a profile's teacher-LoRA zoo, split across the processes of "
-                                            "`accelerate launch` when there are several.")
-    p.add_argument("--profile", default="quick", choices=PROFILES)
-    p.add_argument("--model", default=None, help="model preset or folder (default: the profile's)")
-    p.add_argument("--root", default=None, help="zoo folder (default: the profile's zoo under LLGBM_HOME)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    from accelerate import PartialState
-    state = PartialState(cpu=not torch.cuda.is_available())
-    cfg = ZooConfig.preset(args.profile)
-    name = args.model or models.MODEL_FOR_PROFILE[args.profile]
-    root = Path(args.root) if args.root else zoo_dir(args.profile, name, cfg)
-    with state.main_process_first():   # the first load converts the model; the others read the result
-        model, tok = models.load_model(name, device=state.device)
-    records = build_zoo_across(model, tok, cfg, root, state, progress=not args.no_progress)
-    if state.is_main_process:
-        ranks = pd.Series([r.get("rank", 0) for r in records]).value_counts().sort_index()
-        print(f"zoo: {len(records)} runs in {root} (runs per rank: {dict(ranks)})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
