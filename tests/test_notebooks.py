@@ -158,6 +158,10 @@ def test_runner_stops_on_a_failing_notebook(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "reports" / "smoke" / "_executed" / "01_after.ipynb").exists()
 
 
+def test_run_times_read_as_a_person_would():
+    assert [run.duration(s) for s in (4, 83, 150, 599, 3600)] == ["4 s", "83 s", "2.5 min", "10.0 min", "60 min"]
+
+
 def test_runner_reports_a_bad_parameter_in_one_line(tmp_path, monkeypatch, capsys):
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[

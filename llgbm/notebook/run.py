@@ -83,7 +83,11 @@ def run_notebook(nb: Path, profile: str, kernel: str = KERNEL, timeout: int = 4 
     import papermill as pm
     out = reports_root() / profile / "_executed" / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    bar = dict(desc=progress, unit="cell", file=sys.stderr, dynamic_ncols=True) if progress else False
+    # No per-cell rate or ETA: cells differ by minutes, so an estimate from the cells done so far goes
+    # stale during a long one. The bar shows the cells done and the time elapsed (redrawn every few
+    # seconds by `_ticking`); the description carries the last run's total as the estimate.
+    bar = dict(desc=progress, unit="cell", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: {n_fmt}/{total_fmt} cells, {elapsed} elapsed") if progress else False
     with _ticking(enabled=bool(progress) and sys.stderr.isatty()):
         pm.execute_notebook(str(nb), str(out), parameters=dict(profile=profile, **params), kernel_name=kernel,
                             execution_timeout=timeout, cwd=str(nb.parent), progress_bar=bar,
@@ -108,6 +112,14 @@ def _ticking(enabled: bool, every: float = 5.0):
         yield
     finally:
         stop.set()
+
+
+def duration(seconds: float) -> str:
+    """A run time for a person: seconds under two minutes, then minutes (one decimal under ten)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 10 else f"{minutes:.0f} min"
 
 
 def suite_mode(state: dict) -> str:
@@ -194,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[llgbm.run] {len(selected)} notebook(s), {args.profile}, starting from a {mode} cache", flush=True)
     for i, nb in enumerate(selected, 1):
         state = cache_state(args.profile)
-        estimate = f", last run {last[nb.stem]['seconds'] / 60:.0f} min" if nb.stem in last else ""
+        estimate = f", last run {duration(last[nb.stem]['seconds'])}" if nb.stem in last else ""
         print(f"[llgbm.run] {i}/{len(selected)} {nb.name} ({args.profile}; zoo {state['state']}{estimate})", flush=True)
         t0 = time.time()
         try:
