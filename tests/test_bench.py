@@ -70,6 +70,7 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     for path in ("zoo training step", "teachers packed", "gold log-lik forward", "greedy decoding", "perplexity forward", "shared forwards",
+                 "4-shot scoring, prefix read per item", "4-shot scoring, prefix read once",
                  *(f"generator step, {o}" for o in hotpaths.OBJECTIVES), "FunctionalLoRA hooks", "adapters in one hooked"):
         assert path in text, path
     result = json.loads(out.with_suffix(".json").read_text())

@@ -24,7 +24,8 @@ from llgbm.core.functional import FunctionalLoRA, delta_forwards
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import median_time
 from llgbm.eval.lm import perplexity, pydoc_windows
-from llgbm.eval.scoring import (build_batch, encode_pairs, evaluate_adapter, evaluate_adapters, gold_loglik,
+from llgbm.eval import scoring
+from llgbm.eval.scoring import (build_batch, encode_pairs, evaluate_adapter, evaluate_adapters, evaluate_task, gold_loglik,
                                 greedy_answers, target_logprobs)
 from llgbm.generator import train
 from llgbm.notebook.report import reports_root
@@ -144,6 +145,23 @@ def evaluation_paths(model, tokenizer, task, n: int, repeats: int) -> list[HotPa
                      lambda: greedy_answers(model, tokenizer, task, [x for x, _ in pairs], new, batch_size=n),
                      repeats, n * (max(prompts) + new), sum(prompts) + n * new, "left-padded, KV cache")
     return [loglik, greedy]
+
+
+def kshot_evaluation(model, tokenizer, task, n: int, repeats: int, shots: int = 4) -> list[HotPath]:
+    """k-shot scoring (log-lik and greedy exact match) of `n` items behind the task's demonstrations:
+    the prefix read again for every item, then read once (`scoring.SharedPrefix`, its KV cache reused)."""
+    from llgbm.lab.baselines import icl_prefix  # lazy: the bench's one use of the lab's few-shot prompt
+    prefix = icl_prefix(task, shots)
+
+    def score(reuse: bool):
+        before, scoring.REUSE_PREFIX = scoring.REUSE_PREFIX, reuse
+        try:
+            return evaluate_task(model, tokenizer, task, n, prefix=prefix)
+        finally:
+            scoring.REUSE_PREFIX = before
+    return [measure(f"{shots}-shot scoring, prefix read per item", lambda: score(False), repeats, items=n),
+            measure(f"{shots}-shot scoring, prefix read once", lambda: score(True), repeats, items=n,
+                    note="KV cache of the demonstrations shared by the items")]
 
 
 def adapter_evaluation(lab, task, n: int, repeats: int, n_adapters: int = 4) -> list[HotPath]:
@@ -303,6 +321,7 @@ def hot_paths(lab, repeats: int = 3, eval_items: int = 32) -> list[HotPath]:
     paths += [packed_zoo_step(lab.model, lab.tokenizer, lab.zoo_cfg, [get_task(t) for t in lab.training_tasks[:k]], repeats,
                               pack_len) for k, pack_len in ((1, 128), (4, 128), (4, 256))]
     paths += evaluation_paths(lab.model, lab.tokenizer, task, eval_items, repeats)
+    paths += kshot_evaluation(lab.model, lab.tokenizer, task, eval_items, repeats)
     paths += adapter_evaluation(lab, task, eval_items, repeats)
     paths += generator_steps(lab, steps=repeats)
     paths += functional_paths(lab, repeats)
