@@ -37,9 +37,7 @@ def chosen_objective(profile: str) -> tuple[str, str]:
 
 def read_prompts(path: Path | str) -> list[str]:
     """A prompt file: one prompt per line, blank lines ignored; `\\n` inside a line stands for a newline."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+    path = cli.input_file(path, "prompt file")          # missing, or a directory: one clear error
     prompts = [line.replace("\\n", "\n") for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompt file {path} has no prompts: write one prompt per line (blank lines are ignored)")
@@ -59,7 +57,7 @@ def generate_for_task(out_dir: Path | str, task: str | None = None, prompts: lis
     with `train_overrides` (e.g. steps) for its TrainingConfig."""
     if (task is None) == (prompts is None):
         raise ValueError("pass exactly one of task (a registered task's name) or prompts (a list of prompt strings)")
-    cli.output_dir(out_dir, "out_dir")
+    cli.output_dir(out_dir, "the output folder (--out)")
     known = ALL_OBJECTIVES
     if objective is not None and objective not in known:
         raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(known)} (or none: 06's choice on dev)")
@@ -108,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="quick", choices=list(PROFILES))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    out = cli.output_dir(args.out, "--out")
-    source = cli.input_file(args.prompts, "--prompts file") if args.prompts else None
-    prompts = read_prompts(source) if source else None
-    out = generate_for_task(out, task=args.task, prompts=prompts, objective=args.objective, profile=args.profile,
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    out = generate_for_task(args.out, task=args.task, prompts=prompts, objective=args.objective, profile=args.profile,
                             seed=args.seed)
     print(f"wrote {out}: load it with PeftModel.from_pretrained(base_model, {str(out)!r})")
     return 0
