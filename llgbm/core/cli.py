@@ -20,8 +20,10 @@ EXPECTED = (CommandError, ValueError, LookupError, OSError)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the common `--debug` flag."""
-    return add_debug(argparse.ArgumentParser(prog=prog, description=description))
+    """An ArgumentParser with the common `--debug` flag; the description (a module docstring) is
+    printed as written."""
+    return add_debug(argparse.ArgumentParser(prog=prog, description=description,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def add_debug(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
