@@ -44,6 +44,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list, str]]:
     (tmp / "lora_typo.yaml").write_text("lora:\n  rank: 8\n")
     (tmp / "targets_typo.yaml").write_text("lora:\n  r: 8\n  target_modulez: [q_proj]\n")
     (tmp / "data_typo.yaml").write_text("data:\n  taks: [add_1]\n")
+    (tmp / "tasks_string.yaml").write_text("data:\n  tasks: add_1\n")
     (tmp / "loss_typo.yaml").write_text("loss:\n  lamda_glue: 0.1\n")
     (tmp / "bad_value.yaml").write_text("training:\n  learning_rate: 2e-5\n")
     (tmp / "broken.yaml").write_text("a: [\n")
@@ -57,6 +58,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list, str]]:
         ("geomlib.igbundle", ["train", "--config", tmp / "lora_typo.yaml"], "unknown key(s) in the lora: section"),
         ("geomlib.igbundle", ["train", "--config", tmp / "targets_typo.yaml"], "['target_modulez']; known: r, lora_alpha"),
         ("geomlib.igbundle", ["train", "--config", tmp / "data_typo.yaml"], "['taks']; known: tasks"),
+        ("geomlib.igbundle", ["train", "--config", tmp / "tasks_string.yaml"], "tasks must be a list of task names"),
         ("geomlib.igbundle", ["train", "--config", tmp / "loss_typo.yaml"], "['lamda_glue']; known: lambda_glue"),
         ("geomlib.igbundle", ["train", "--config", tmp / "bad_value.yaml"], "learning_rate: '2e-5' is not a number"),
         ("geomlib.igbundle", ["train", "--config", tmp / "broken.yaml"], "is not valid YAML"),

@@ -105,6 +105,8 @@ class IGTrainConfig:
             ig.update(lora_r=lora["r"], lora_alpha=lora.get("lora_alpha", 32), lora_targets=targets)
         train = sections["training"]
         if "tasks" in sections["data"]:
+            if not isinstance(sections["data"]["tasks"], list) or not sections["data"]["tasks"]:
+                raise ValueError(f"{path}: data: tasks must be a list of task names, as [add_1, caesar_1]")
             train["tasks"] = tuple(sections["data"]["tasks"])
         return replace(cls(model=raw.get("base_model_id", "smollm2"), ig=IGBundleConfig.from_dict(ig), **train), **overrides)
 
