@@ -40,7 +40,7 @@ def parse(argv: list[str]):
         if args.output_dir:
             cli.output_dir(args.output_dir, "--output-dir")
         if args.report:
-            cli.output_dir(Path(args.report).parent, "--report's folder")
+            cli.output_file(args.report, "--report")
     else:
         ckpt = Path(args.checkpoint)
         if not ckpt.exists():
@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
                        peak_above_imports_mb=res["peak_rss_mb"] - rss_imports, load_in_4bit=cfg.load_in_4bit)
         text = json.dumps(summary, indent=1, allow_nan=False)
         if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(text)
         print(text)
         return 0

@@ -45,7 +45,7 @@ def parse(argv: list[str]):
         if getattr(args, name, None):
             cli.input_file(getattr(args, name), f"--{name.replace('_', '-')}")
     if getattr(args, "report", None):
-        cli.output_dir(Path(args.report).parent, "--report's folder")
+        cli.output_file(args.report, "--report")
     if getattr(args, "checkpoint", None) and not Path(args.checkpoint).exists():
         raise cli.CommandError(f"--checkpoint {args.checkpoint} does not exist: pass a run folder `python -m geomlib.inl train` wrote")
     if args.verb == "generate" and (args.max_new_tokens < 1 or args.temperature <= 0 or not 0 < args.top_p <= 1):
@@ -94,6 +94,7 @@ def main(argv: list[str]) -> int:
                        peak_rss_mb=peak, rss_before_model_mb=before, peak_above_start_mb=peak - before,
                        gradient_checkpointing=model_cfg.gradient_checkpointing, run_dir=str(res["run_dir"]))
         if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
         return 0

@@ -76,3 +76,12 @@ def output_dir(path: str | Path, what: str) -> Path:
     if not path.exists() and path.parent.exists() and not path.parent.is_dir():
         raise CommandError(f"{what} {path}: its parent {path.parent} is a file, not a folder")
     return path
+
+
+def output_file(path: str | Path, what: str) -> Path:
+    """A file to write: not an existing folder, its folder missing (it will be created) or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{what} {path} is a folder: pass a file name, as {path / 'report.json'}")
+    output_dir(path.parent, f"{what}'s folder")
+    return path
