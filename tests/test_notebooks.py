@@ -282,6 +282,21 @@ def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch)
             "waits for the untimed notebooks.") in text
 
 
+def test_notebooks_with_their_own_caches_are_filed_by_them(tmp_path, monkeypatch):
+    """A geomlib notebook's rerun over its own cache is warm whatever the zoo holds; its first run cold."""
+    monkeypatch.setenv("LLGBM_HOME", str(tmp_path))
+    assert run.cache_files("02_dataset") is None                       # filed by the zoo's state
+    empty = run.cache_files("13_inl")
+    assert empty == frozenset() and run.own_mode(empty, frozenset({"inl/a"})) == "cold"
+    (tmp_path / "inl" / "run").mkdir(parents=True)
+    (tmp_path / "inl" / "run" / "checkpoint.safetensors").write_text("x")
+    before = run.cache_files("13_inl")
+    assert before == {"inl/run/checkpoint.safetensors"} and run.own_mode(before, run.cache_files("13_inl")) == "warm"
+    (tmp_path / "inl" / "run" / "modes.json").write_text("{}")
+    assert run.own_mode(before, run.cache_files("13_inl")) == "partial"
+    assert set(run.OWN_CACHES) <= {nb.stem for nb in run.notebooks(None)}
+
+
 def test_suite_mode_reads_the_cache_state():
     state = dict(state="cold", zoo_runs=0, zoo_planned=24, generator_runs=0, cached_deltas=48)
     assert run.suite_mode(state) == "cold"                  # the committed deltas do not make it warm
