@@ -120,6 +120,15 @@ def test_the_seed_demo_runs_as_a_module():
     assert "Compressed 2 layers" in out.stdout and "ratio 0.5: rank 256" in out.stdout
 
 
+def test_compress_command_counts_what_it_removes(capsys):
+    from geomlib.calabi.__main__ import WEIGHT_ONLY, main
+    from llgbm.core import cli
+    assert set(WEIGHT_ONLY) < set(svd.METHODS)
+    assert cli.run(main, ["compress", "--model", "tiny", "--ratio", "0.5", "--min-features", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "compressed" in out and "0.0% removed" not in out and "(plain, ratio 0.5)" in out
+
+
 def test_one_decomposition_per_layer_and_kind_serves_every_ratio(monkeypatch):
     """The grid factorises each layer once per kind (plain and energy_gap share the SVD of W) and
     truncates it per ratio; the layers equal those factorised afresh."""

@@ -100,6 +100,30 @@ def test_missing_or_truncated_file_is_named(tmp_path):
         checkpoint.load(path)
 
 
+def test_non_finite_or_mismatched_weights_are_refused_before_loading(tmp_path):
+    model, opt = _fresh()
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    bad["mid.weight"][0, 0] = float("nan")
+    path = checkpoint.save(tmp_path / "nan.safetensors", {"step": 1}, weights=bad)
+    target, _ = _fresh()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=r"nan.safetensors has NaN/Inf weights in 1 tensor\(s\), e.g. mid.weight"):
+        checkpoint.load(path, model=target)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())      # nothing loaded
+    other = checkpoint.save(tmp_path / "other.safetensors", {"step": 1}, model=nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="other.safetensors does not fit this model, it was saved from another config"):
+        checkpoint.load(other, model=target)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file({k: v.contiguous() for k, v in bad.items()}, str(legacy / "model.safetensors"))
+    (legacy / "state.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"legacy/model.safetensors has NaN/Inf"):
+        checkpoint.load_legacy_folder(legacy)
+    (legacy / "state.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*legacy: it lacks state.json"):
+        checkpoint.load_legacy_folder(legacy)
+
+
 def test_no_second_checkpoint_writer():
     """Optimizer state is written and read in llgbm/core/checkpoint.py only."""
     offenders = [str(p.relative_to(ROOT)) for pkg in ("llgbm", "geomlib") for p in (ROOT / pkg).rglob("*.py")

@@ -292,10 +292,11 @@ def test_claims_are_untested_when_the_floor_is_not_met():
 
 def test_command_line_verify_train_generate(lab_home, capsys):
     from geomlib.coordinates.__main__ import main
+    from llgbm.core import cli
     assert main(["verify", "--config", "geomlib/configs/geometric_10m.yaml"]) == 0
     out = capsys.readouterr().out
     assert "modulation" in out and "builds 108.0M parameters" in out
-    assert main(["generate", "--profile", "smoke", "--prompt", "The"]) == 2          # nothing trained yet
+    assert cli.run(main, ["generate", "--profile", "smoke", "--prompt", "The"]) == 2          # nothing trained yet
     assert "no trained GeometricLlama" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke"]) == 0
     assert main(["generate", "--profile", "smoke", "--prompt", "The", "--max-length", "3", "--analyze-coordinates"]) == 0
@@ -354,3 +355,24 @@ def test_measures_match_parameters_read_the_sweep_and_count_the_kv_cache():
         "refuted; a best rate lies at the sweep's edge"                                        # 5.5 vs 5.2: +0.3 nats
     assert rows["GQA: 4× smaller KV cache"][0] == "supported" and rows["GQA: 40% faster inference"][0] == "supported"   # 1.4× at batch 1
     assert rows["Optional refinement adds 2-3 ms"][0] == "not reproduced on this CPU"
+
+
+def test_coordinate_config_and_the_seed_yaml_refuse_bad_values():
+    from geomlib.coordinates.host import SEED_CONFIG, CoordinateConfig, GeometricLlama
+    for bad, match in ((dict(init="bogus"), "init='bogus'"), (dict(gated="yes"), "gated='yes'"),
+                       (dict(num_coordinates=0), "num_coordinates=0"), (dict(num_tasks=-1), "num_tasks=-1"),
+                       (dict(wavelets=(("q_proj", 0),)), "wavelets="), (dict(pooling="mean"), "pooling='mean'")):
+        with pytest.raises(ValueError, match=match):
+            CoordinateConfig(**bad)
+    with pytest.raises(ValueError, match=r"unknown coordinate option\(s\) \['rank'\]"):
+        CoordinateConfig.from_dict(dict(rank=4))
+    for conf, match in ((dict(base_architecture=dict(hidden_dim="wide")), r"base_architecture.hidden_dim='wide': expected a positive integer"),
+                        (dict(base_architecture=dict(num_layers=2.5)), "num_layers=2.5"),
+                        (dict(coordinate_system=dict(modulation_rank=0)), "modulation_rank=0"),
+                        (dict(coordinate_predictor=None), "section coordinate_predictor: expected a mapping"),
+                        (dict(coordinate_system=dict(target_matrices=["Q", "W"])), r"\['W'\]"),
+                        (dict(training={}), r"unknown section\(s\) \['training'\]")):
+        with pytest.raises(ValueError, match=match):
+            with torch.device("meta"):
+                GeometricLlama(conf)
+    assert SEED_CONFIG["base_architecture"]["hidden_dim"] == 448           # the seed's table is untouched

@@ -66,10 +66,10 @@ def test_yaml_config_has_the_seeds_keys_and_names_unknown_ones(tmp_path):
     assert (cfg.ig.lora_r, cfg.ig.lora_alpha, cfg.ig.sheaf_weight) == (8, 32, 0.01) and cfg.save_steps == 20
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  max_step: 5\n")
-    with pytest.raises(ValueError, match=r"unknown training key\(s\) in .*bad.yaml: \['max_step'\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in the training: section of .*bad.yaml: \['max_step'\]"):
         IGTrainConfig.from_yaml(bad)
     bad.write_text("ig_adapter:\n  curvature: 1.0\n")
-    with pytest.raises(ValueError, match="unknown IGBundle config key.*curvature"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in the ig_adapter: section.*curvature"):
         IGTrainConfig.from_yaml(bad)
     with pytest.raises(ValueError, match="unknown method"):
         IGTrainConfig(method="prefix")
@@ -85,7 +85,8 @@ def test_verify_command_exits_non_zero_naming_the_problem(tiny, lab_home, tmp_pa
     data = (ckpt / igm.WEIGHTS).read_bytes()
     (ckpt / igm.WEIGHTS).write_bytes(data[:100])
     bad = subprocess.run([sys.executable, "-m", "geomlib.igbundle", "verify", "--checkpoint", str(ckpt)], capture_output=True, text=True)
-    assert bad.returncode == 1 and "truncated or corrupted" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: checkpoint INVALID") and "truncated or corrupted" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_validate_shows_base_and_adapter_side_by_side(tiny, lab_home, tmp_path):

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 def _readme_commands() -> list[str]:
     mods = set(re.findall(r"python -m ((?:llgbm|geomlib)(?:\.[a-z_]+)*)", README))
-    return sorted(mods - {"geomlib.calabi"})      # the seed's demo takes no arguments (tested in test_calabi)
+    return sorted(mods)
 
 
 def test_readme_names_the_commands():

@@ -201,6 +201,8 @@ def test_report_collects_metrics_tables_and_claims(tmp_path, monkeypatch):
 
 def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    assert report.SUITE_BUDGET_S["quick"] == 230 * 60                  # issue 27: no slower than the 24-task suite
+    monkeypatch.setitem(report.SUITE_BUDGET_S, "quick", 60 * 60)       # round numbers for the arithmetic below
     nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
     run.record_timing("quick", "00_baseline", 1200)        # no mode: a latest run, neither cold nor warm
     text = report.write_report("quick", nb).read_text()
@@ -218,6 +220,7 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
             in text) and text.count("an earlier cold run") == 1
     assert "| 00_baseline | 15 min | 1800 | **missed** by 15 min |" in text and "| 02_dataset | 10 min | 300 | met |" in text
     assert "Whole suite, cold: 35 min against 60 min: **within budget**" in text
+    assert "Budgets (cold, quick): 00 ≤ 15 min; 04b ≤ 20 min; 06 ≤ 90 min; 10 ≤ 25 min; 11 ≤ 15 min; 12 ≤ 30 min" in text
     run.record_timing("quick", "00_baseline", 500, mode="warm")
     run.record_timing("quick", "02_dataset", 200, mode="warm")      # replaces its earlier warm run
     text = report.write_report("quick", nb).read_text()
@@ -250,6 +253,7 @@ def test_file_timing_keeps_the_runs_it_replaces():
 
 def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch):
     monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+    monkeypatch.setitem(report.SUITE_BUDGET_S, "quick", 60 * 60)       # round numbers for the arithmetic below
     nb = [Path(run.NOTEBOOKS) / "00_baseline.ipynb"]
     executed = tmp_path / "run.ipynb"
     executed.write_text(json.dumps({"cells": [
@@ -276,6 +280,21 @@ def test_report_says_what_a_missed_cold_budget_would_take(tmp_path, monkeypatch)
     text = report.write_report("quick", nb).read_text()
     assert ("need 1.4× less time together, and more with 05_delta_only, not timed cold yet. Whether the bounds cover it "
             "waits for the untimed notebooks.") in text
+
+
+def test_notebooks_with_their_own_caches_are_filed_by_them(tmp_path, monkeypatch):
+    """A geomlib notebook's rerun over its own cache is warm whatever the zoo holds; its first run cold."""
+    monkeypatch.setenv("LLGBM_HOME", str(tmp_path))
+    assert run.cache_files("02_dataset") is None                       # filed by the zoo's state
+    empty = run.cache_files("13_inl")
+    assert empty == frozenset() and run.own_mode(empty, frozenset({"inl/a"})) == "cold"
+    (tmp_path / "inl" / "run").mkdir(parents=True)
+    (tmp_path / "inl" / "run" / "checkpoint.safetensors").write_text("x")
+    before = run.cache_files("13_inl")
+    assert before == {"inl/run/checkpoint.safetensors"} and run.own_mode(before, run.cache_files("13_inl")) == "warm"
+    (tmp_path / "inl" / "run" / "modes.json").write_text("{}")
+    assert run.own_mode(before, run.cache_files("13_inl")) == "partial"
+    assert set(run.OWN_CACHES) <= {nb.stem for nb in run.notebooks(None)}
 
 
 def test_suite_mode_reads_the_cache_state():

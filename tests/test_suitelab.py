@@ -1,4 +1,5 @@
 """Notebook 06's suite experiment: its compute plan, controls, mixture, scaling table and goals."""
+import json
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +109,32 @@ def test_stage_clock_keeps_the_first_measurement(tmp_path):
     assert again.first["a"] == first and again.now["a"] <= first + 1.0
     table = suiterun.stage_table(again)
     assert list(table.index) == ["a", "total"] and table.loc["total", "first run (min)"] == pytest.approx(first / 60)
+    assert not table["first run split"].any()
+
+
+def test_stage_clock_adds_the_parts_of_an_interrupted_cold_stage(tmp_path):
+    """A session that ends mid-stage keeps the seconds spent (written every tick, and on an error);
+    the run that finishes the stage adds them, and the table says the stage was split."""
+    import time
+    from types import SimpleNamespace
+
+    from llgbm.lab import suiterun
+    lab = SimpleNamespace(root=tmp_path, profile="smoke", tag=lambda *a: "t", cfg=None, plan=None)
+    clock = suiterun.StageClock(lab, tick=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        with clock.stage("b"):
+            time.sleep(0.3)
+            raise KeyboardInterrupt
+    killed = suiterun.StageClock(lab, tick=0.05)             # as a process killed mid-stage leaves it: the beats
+    assert killed.partial["b"] == pytest.approx(0.3, abs=0.1) and "b" not in killed.first
+    with killed.stage("b"):
+        time.sleep(0.2)
+    assert killed.first["b"] == pytest.approx(0.5, abs=0.15) and killed.interrupted == {"b"}
+    table = suiterun.stage_table(suiterun.StageClock(lab))
+    assert table.loc["b", "first run split"] and table.loc["total", "first run split"]
+    assert table.loc["b", "first run (min)"] == pytest.approx(killed.first["b"] / 60)
+    path = next(tmp_path.glob("stage-seconds-*.json"))
+    beats = suiterun.StageClock(lab, tick=0.05)
+    with beats.stage("c"):
+        time.sleep(0.2)
+        assert json.loads(path.read_text())[suiterun.StageClock.PARTIAL]["c"] > 0     # written while it runs

@@ -14,6 +14,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from llgbm.core.models import load_model, wheel_dir
 
@@ -209,7 +210,8 @@ class OptimizedCYModelUtils:
     @staticmethod
     def replace_linear_layers(model: nn.Module, compression_ratio: float = 0.5, min_features: int = 128,
                               method: str = "plain", calib: dict[str, CalibrationStats] | None = None,
-                              skip: tuple[str, ...] = ("lm_head",), decompositions: dict | None = None, **layer_kw) -> int:
+                              skip: tuple[str, ...] = ("lm_head",), decompositions: dict | None = None,
+                              progress: bool = False, **layer_kw) -> int:
         """Replace every nn.Linear with min(in, out) ≥ min_features (and not named in `skip`) that the
         ratio can actually shrink; return how many were replaced. `decompositions` ({layer name:
         `decompose` result}, filled as layers are met) lets later calls on the same weights reuse them."""
@@ -217,7 +219,8 @@ class OptimizedCYModelUtils:
                    if isinstance(mod, nn.Linear) and min(mod.in_features, mod.out_features) >= min_features
                    and not any(name == s or name.endswith("." + s) for s in skip)]
         count = 0
-        for name, mod in targets:
+        for name, mod in tqdm(targets, desc=f"compress ({method}, ratio {compression_ratio})", unit="layer",
+                              disable=not progress, leave=False):
             m, n = mod.out_features, mod.in_features
             if rank_for_ratio(m, n, compression_ratio) >= break_even_rank(m, n):
                 warnings.warn(f"{name}: ratio {compression_ratio} saves nothing on a {m}×{n} layer; kept dense")
@@ -253,14 +256,15 @@ class OptimizedCYModelUtils:
 
 def compress_hf_model(name_or_path_or_model, compression_ratio: float = 0.5, verbose: bool = False,
                       method: str = "plain", calib: dict[str, CalibrationStats] | None = None,
-                      min_features: int = 128):
+                      min_features: int = 128, progress: bool = False):
     """Compress a Hugging Face model offline: a model object, a preset ('smollm2', 'tiny', 'minilm'),
-    or a local folder (a causal LM, or an encoder such as BERT/MiniLM). Returns the compressed model."""
+    or a local folder (a causal LM, or an encoder such as BERT/MiniLM). Returns the compressed model;
+    `progress` shows a bar over the layers (each is one SVD)."""
     model = name_or_path_or_model
     if isinstance(model, str):
         model = load_hf_model(model)
     before = OptimizedCYModelUtils.count_parameters(model)
-    n = OptimizedCYModelUtils.replace_linear_layers(model, compression_ratio, min_features, method, calib)
+    n = OptimizedCYModelUtils.replace_linear_layers(model, compression_ratio, min_features, method, calib, progress=progress)
     after = OptimizedCYModelUtils.count_parameters(model)
     if verbose:
         print(f"compressed {n} linear layers ({method}, ratio {compression_ratio}): "

@@ -2,49 +2,69 @@
 
     python -m geomlib.coordinates verify --config geomlib/configs/geometric_10m.yaml
     python -m geomlib.coordinates train [--profile quick]          # the CPU GeometricLlama on pydoc text
-    python -m geomlib.coordinates generate --prompt "The with statement" [--no-refinement] [--analyze-coordinates]
+    python -m geomlib.coordinates generate --prompt "The with statement" [--checkpoint DIR] [--max-length 40]
+                                           [--no-refinement] [--analyze-coordinates]
 
 verify builds the configured model on the meta device (no memory) and prints the seed's parameter
-table with what is really built; generate uses the model `train` leaves (notebook 12 trains it too)."""
+table with what is really built; generate uses the model `train` leaves (notebook 12 trains it too),
+verified as it loads. An expected error is one line on stderr (exit 2); --debug shows the traceback."""
 from __future__ import annotations
 
-import argparse
 import sys
+
+from llgbm.core import cli
 
 README_TABLE = {"embeddings": 1.4e6, "blocks": 5.2e6, "modulation": 1.84e6, "predictor": 256e3, "output": 1.4e6, "total": 10e6}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m geomlib.coordinates", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse(argv: list[str]):
+    ap = cli.parser("python -m geomlib.coordinates", __doc__)
     sub = ap.add_subparsers(dest="verb", required=True)
-    v = sub.add_parser("verify")
-    v.add_argument("--config", required=True)
+    cli.add_debug(sub.add_parser("verify")).add_argument("--config", required=True)
     for verb in ("train", "generate"):
-        p = sub.add_parser(verb)
-        p.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+        cli.add_debug(sub.add_parser(verb)).add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
     g = sub.choices["generate"]
     g.add_argument("--prompt", required=True)
     g.add_argument("--checkpoint", default=None, help="a train checkpoint folder (default: the profile's)")
-    g.add_argument("--max-length", type=int, default=40)
+    g.add_argument("--max-length", type=int, default=40, help="new tokens (a progress bar shows the time per token)")
     g.add_argument("--no-refinement", action="store_true")
     g.add_argument("--analyze-coordinates", action="store_true")
     args = ap.parse_args(argv)
+    if args.verb == "verify":
+        cli.input_file(args.config, "--config")
+    if args.verb == "generate":
+        if args.max_length < 1:
+            raise cli.CommandError(f"--max-length must be ≥ 1, got {args.max_length}")
+        if not args.prompt.strip():
+            raise cli.CommandError("--prompt is empty: give text to continue")
+    return args
 
-    import torch
+
+def read_model_section(path: str) -> dict:
+    """The `model:` section of the seed's YAML layout, or a CommandError saying what the file holds instead."""
     import yaml
+    try:
+        conf = yaml.safe_load(open(path))
+    except yaml.YAMLError as e:
+        raise cli.CommandError(f"{path} is not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(conf, dict) or not isinstance(conf.get("model"), dict):
+        raise cli.CommandError(f"{path}: expected a YAML mapping with a `model:` section (the seed's layout), as in "
+                               f"geomlib/configs/geometric_10m.yaml")
+    return conf["model"]
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    import torch
     if args.verb == "verify":
         from .host import GeometricLlama  # lazy: fast --help (defers torch)
-        conf = yaml.safe_load(open(args.config))
-        if not isinstance(conf, dict) or "model" not in conf:
-            print(f"{args.config}: expected a YAML mapping with a `model:` section (the seed's layout)", file=sys.stderr)
-            return 2
+        model_conf = read_model_section(args.config)
         with torch.device("meta"):
-            parts = GeometricLlama(conf["model"]).parameter_breakdown()
+            parts = GeometricLlama(model_conf).parameter_breakdown()
         print(f"{'component':14s} {'built':>14s} {'README says':>12s}")
         for k, n in parts.items():
             said = README_TABLE.get(k)
-            print(f"{k:14s} {n:14,d} {said / 1e6 if said else float('nan'):11.2f}M")
+            print(f"{k:14s} {n:14,d} {f'{said / 1e6:.2f}M' if said else '—':>12s}")
         print(f"\nThe seed's \"10M\" configuration builds {parts['total'] / 1e6:.1f}M parameters: "
               f"{parts['modulation'] / 1e6:.1f}M of coordinate modulation alone, and untied embeddings and output "
               f"of {parts['embeddings'] / 1e6:.1f}M each.")
@@ -68,19 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if path is None:
         corpus = pydoc_corpus(tokenizer)
         path = lab.scratch_dir("geometric", cfg, len(corpus["vocab"])) / "checkpoint"
-    try:
-        model, vocab, _ = lab.load_trained(path)
-    except FileNotFoundError as e:
-        print(e, file=sys.stderr)
-        return 2
+    model, vocab, _ = lab.load_trained(path)
     gen = GeometricGenerator(model, lab.CompactTokenizer(tok, vocab), device="cpu")
     try:
         text, coords = gen.generate(args.prompt, GenerationConfig(max_length=args.max_length,
                                                                   use_coordinate_refinement=not args.no_refinement))
     except KeyError as e:
-        print(f"the prompt uses a token the pydoc corpus never uses ({e}); rephrase it in the documentation's words",
-              file=sys.stderr)
-        return 2
+        raise cli.CommandError(f"the prompt uses a token the pydoc corpus never uses ({e}); rephrase it in the "
+                               f"documentation's words") from None
     print(text)
     if args.analyze_coordinates:
         stats = gen.get_coordinate_statistics(args.prompt)
@@ -90,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -107,13 +108,17 @@ class GeometricGenerator:
 
     @torch.no_grad()
     def generate(self, prompt: str, config: GenerationConfig | None = None,
-                 generator: torch.Generator | None = None) -> tuple[str, list[torch.Tensor]]:
+                 generator: torch.Generator | None = None, progress: bool = True) -> tuple[str, list[torch.Tensor]]:
+        """(text, θ per new token). Each token with refinement re-reads the whole text `refinement_steps`
+        + 1 times, so the seed's default 256 tokens take minutes on a CPU: `progress` shows a bar with
+        the time per token and what is left."""
         cfg = config or GenerationConfig()
         ids = self._ids(prompt)
         self.tracker = CoordinateContextTracker(cfg.coordinate_ema_alpha)
         self.sampled, history = [], []
         past, step_ids, out = None, ids, ids
-        for _ in range(cfg.max_length):
+        for _ in tqdm(range(cfg.max_length), desc="generate" + (" (refining θ)" if cfg.use_coordinate_refinement else ""),
+                      unit="token", disable=not progress, leave=False):
             out_ = self.host.model(input_ids=step_ids, past_key_values=past, use_cache=True)
             past, logits = out_.past_key_values, out_.logits[:, -1].float()
             theta = self.host.last_theta

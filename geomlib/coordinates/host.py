@@ -21,6 +21,7 @@ from .modulation import POOLING, CoordinateModulatedLinear, CoordinatePredictor,
 # The seed's code modulates Q, K, V with 16 wavelets each and the FFN gate with 32 (its config's
 # num_wavelet_pairs: 64 is not read by the model).
 SEED_WAVELETS = {"q_proj": 16, "k_proj": 16, "v_proj": 16, "gate_proj": 32}
+INITS = ("zero", "seed")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,21 @@ class CoordinateConfig:
     def __post_init__(self):
         if self.pooling not in POOLING:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLING}")
-        if self.num_coordinates < 1 or self.modulation_rank < 1:
-            raise ValueError("num_coordinates and modulation_rank must be ≥ 1")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}: expected one of {INITS} ('zero' for pretrained models, 'seed' from scratch)")
+        if not isinstance(self.gated, bool):
+            raise ValueError(f"gated={self.gated!r}: expected true or false")
+        for name in ("num_coordinates", "modulation_rank", "predictor_hidden", "predictor_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: expected an integer ≥ 1")
+        if isinstance(self.num_tasks, bool) or not isinstance(self.num_tasks, int) or self.num_tasks < 0:
+            raise ValueError(f"num_tasks={self.num_tasks!r}: expected an integer ≥ 0 (0: no task-id mode)")
+        bad = [w for w in self.wavelets if not (isinstance(w, (tuple, list)) and len(w) == 2 and isinstance(w[0], str)
+                                                 and isinstance(w[1], int) and w[1] >= 1)]
+        if bad or not self.wavelets:
+            raise ValueError(f"wavelets={self.wavelets!r}: expected (projection name, wavelet pairs ≥ 1) pairs, "
+                             f"as {tuple(SEED_WAVELETS.items())}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoordinateConfig":
@@ -177,9 +191,6 @@ SEED_CONFIG = dict(base_architecture=dict(num_layers=10, hidden_dim=448, num_att
                    coordinate_system=dict(num_coordinates=1024, spectral_dim=128, num_wavelet_pairs=64, modulation_rank=12,
                                           target_matrices=["Q", "K", "V", "FFN_gate"]),
                    coordinate_predictor=dict(hidden_dim=512, num_layers=2, use_residual=True))
-BASE_KEYS = set(SEED_CONFIG["base_architecture"])
-COORD_KEYS = set(SEED_CONFIG["coordinate_system"])
-PRED_KEYS = set(SEED_CONFIG["coordinate_predictor"])
 TARGETS = {"Q": "q_proj", "K": "k_proj", "V": "v_proj", "FFN_gate": "gate_proj"}
 
 
@@ -189,10 +200,16 @@ def GeometricLlama(config: dict, pooling: str = "causal", modulated: bool = True
     init. `modulated=False` gives the plain Llama of the same base size. As in the seed's code, the
     attention uses the config's head_dim (112), so Q is 448 → 16·112 = 1792 wide, not 448."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    for section, keys in (("base_architecture", BASE_KEYS), ("coordinate_system", COORD_KEYS),
-                          ("coordinate_predictor", PRED_KEYS)):
-        check_known(config.get(section, {}), keys, f"key(s) in {section}:")
     check_known(config, SEED_CONFIG, "section(s)")
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"section {section}: expected a mapping of keys, got {values!r}")
+        check_known(values, SEED_CONFIG[section], f"key(s) in {section}:")
+        for k, v in values.items():
+            want = type(SEED_CONFIG[section][k])
+            if want in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and v != int(v))
+                                         or v <= 0):
+                raise ValueError(f"{section}.{k}={v!r}: expected a positive {'integer' if want is int else 'number'}")
     b = {**SEED_CONFIG["base_architecture"], **config.get("base_architecture", {})}
     c = {**SEED_CONFIG["coordinate_system"], **config.get("coordinate_system", {})}
     p = {**SEED_CONFIG["coordinate_predictor"], **config.get("coordinate_predictor", {})}

@@ -149,6 +149,9 @@ def load_trained(path) -> tuple:
         state = checkpoint_state(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no trained GeometricLlama at {path}: run notebook 12 or `python -m geomlib.coordinates train` first") from None
+    lacking = sorted({"config", "kind", "vocab"} - set(state))
+    if lacking:
+        raise ValueError(f"{path} is not a GeometricLlama checkpoint from train_scratch: its state lacks {', '.join(lacking)}")
     model = GeometricLlama(state["config"], pooling="sequence" if state["kind"].startswith("leaky") else "causal",
                            modulated=state["kind"] != "plain", init="zero" if state["kind"].endswith("zero_init") else "seed")
     load_checkpoint(path, model)

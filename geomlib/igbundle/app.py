@@ -59,20 +59,28 @@ def validate(model, tokenizer, prompts=PROMPTS, max_new_tokens: int = 24) -> dic
     return dict(rows=rows, average_sigma=float(sum(sigmas) / len(sigmas)) if sigmas else float("nan"))
 
 
-def chat_app(model, tokenizer, title: str = "IGBundle chat"):
+EMPTY_REPLY = "(the model produced no text: an end-of-turn token came first)"
+
+
+def chat_reply(model, tokenizer, message: str) -> str:
+    """The chat's answer: greedy through the chat template; an empty one said as such, never a blank bubble."""
+    return reply(model, tokenizer, message, max_new_tokens=64, chat=True) or EMPTY_REPLY
+
+
+def chat_app(model, tokenizer, title: str = "IGBundle chat", model_name: str = "the base model"):
     """A gradio ChatInterface over the adapted model (greedy, through the chat template)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # offline: no usage reports, no version checks
     import gradio as gr
 
     def respond(message, history):
-        return reply(model, tokenizer, message, max_new_tokens=64, chat=True)
-    return gr.ChatInterface(respond, title=title, description="SmolLM2 with IGBundle adapters (greedy decoding).",
+        return chat_reply(model, tokenizer, message)
+    return gr.ChatInterface(respond, title=title, description=f"{model_name} with IGBundle adapters (greedy decoding).",
                             api_name="chat")
 
 
-def serve(model, tokenizer, port: int = 7860, block: bool = True):
+def serve(model, tokenizer, port: int = 7860, block: bool = True, model_name: str = "the base model"):
     """Launch the chat app on 127.0.0.1:`port`; returns the app (non-blocking when `block` is False)."""
-    demo = chat_app(model, tokenizer)
+    demo = chat_app(model, tokenizer, model_name=model_name)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=not block, share=False,
                 show_error=True, quiet=not block)
     return demo

@@ -144,6 +144,8 @@ def verify(ckpt: Path | str) -> dict:
     """Check a checkpoint without a model: files present, JSON readable, every tensor listed, of the
     listed shape and finite. Raises ValueError naming the first problem; returns the metadata."""
     ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise ValueError(f"{ckpt} does not exist")
     if not (ckpt / META).exists() or not (ckpt / WEIGHTS).exists():
         raise ValueError(f"{ckpt} is not an IGBundle checkpoint: it needs {META} and {WEIGHTS}")
     try:

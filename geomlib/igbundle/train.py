@@ -23,7 +23,7 @@ from llgbm.core import checkpoint, models
 from llgbm.core.lora import LORA_TARGETS
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import rss_mb
-from llgbm.core.utils import atomic_write_json, check_known, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
+from llgbm.core.utils import atomic_write_json, check_known, check_values, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
 from llgbm.eval.scoring import build_batch, encode_pairs, target_logprobs
 
 from . import host as hosting
@@ -71,23 +71,43 @@ class IGTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path | str, **overrides) -> "IGTrainConfig":
-        """The seed's YAML layout; every key must be known, and an unknown one is named."""
+        """The seed's YAML layout (`YAML_KEYS`); every section and key must be known: an unknown one
+        is named, with the section's known keys, as the YAML spells them."""
         import yaml
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        check_known(raw, ("base_model_id", "ig_adapter", "lora", "training", "loss", "data"), f"top-level key(s) in {path}:")
-        ig = dict(raw.get("ig_adapter") or {})
-        loss = dict(raw.get("loss") or {})
-        if "lambda_glue" in loss:
-            loss["sheaf_weight"] = loss.pop("lambda_glue")
-        ig.update(loss)
-        lora = raw.get("lora") or {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML ({' '.join(str(e).split())})") from None
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must be a YAML mapping of sections ({', '.join(YAML_KEYS)}), got {type(raw).__name__}")
+        check_known(raw, YAML_KEYS, f"top-level key(s) in {path}:")
+        sections = {}
+        for name, keys in YAML_KEYS.items():
+            value = raw.get(name) or {}
+            if keys is not None:
+                if not isinstance(value, dict):
+                    raise ValueError(f"{path}: the {name}: section must be a mapping of keys ({', '.join(keys)}), got {value!r}")
+                check_known(value, keys, f"key(s) in the {name}: section of {path}:")
+                sections[name] = dict(value)
+        for name, section in sections.items():
+            check_values(cls if name == "training" else IGBundleConfig, section, f"{path}: {name}:",
+                         dict(lambda_glue="sheaf_weight", r="lora_r"))
+        ig = {**sections["ig_adapter"], **sections["loss"]}
+        if "lambda_glue" in ig:
+            ig["sheaf_weight"] = ig.pop("lambda_glue")
+        lora = sections["lora"]
         if lora:
-            ig.update(lora_r=lora.get("r"), lora_alpha=lora.get("lora_alpha", 32),
-                      lora_targets=tuple(lora.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj"))))
-        train = dict(raw.get("training") or {})
-        check_known(train, {f.name for f in fields(cls)} - {"ig"}, f"training key(s) in {path}:")
-        if "tasks" in (raw.get("data") or {}):
-            train["tasks"] = tuple(raw["data"]["tasks"])
+            if "r" not in lora:
+                raise ValueError(f"{path}: the lora: section needs r (its rank; remove the section for adapters alone)")
+            targets = tuple(lora.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj")))
+            check_known(targets, LORA_TARGETS, f"lora target_modules in {path}:")
+            ig.update(lora_r=lora["r"], lora_alpha=lora.get("lora_alpha", 32), lora_targets=targets)
+        train = sections["training"]
+        if "tasks" in sections["data"]:
+            if not isinstance(sections["data"]["tasks"], list) or not sections["data"]["tasks"]:
+                raise ValueError(f"{path}: data: tasks must be a list of task names, as [add_1, caesar_1]")
+            train["tasks"] = tuple(sections["data"]["tasks"])
         return replace(cls(model=raw.get("base_model_id", "smollm2"), ig=IGBundleConfig.from_dict(ig), **train), **overrides)
 
     def run_key(self) -> str:
@@ -98,6 +118,16 @@ class IGTrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else llgbm_home() / "igbundle" / f"{self.method}-seed{self.seed}-{self.run_key()}"
+
+
+# The YAML's sections and their keys, as the seed's config spells them (None: a scalar, not a section).
+YAML_KEYS = {"base_model_id": None,
+             "ig_adapter": tuple(f.name for f in fields(IGBundleConfig)
+                                 if f.name not in ("sheaf_weight", "num_patches", "tau", "lora_r", "lora_alpha", "lora_targets")),
+             "lora": ("r", "lora_alpha", "target_modules"),
+             "training": tuple(f.name for f in fields(IGTrainConfig) if f.name not in ("ig", "model", "tasks")),
+             "loss": ("lambda_glue", "num_patches", "tau"),
+             "data": ("tasks",)}
 
 
 def load_base(cfg: IGTrainConfig):

@@ -2,7 +2,15 @@
 early stopping. `layer` holds the integrator and its stopping rules, `loss` the seed's
 IntegratorLoss and cycle scheduler, `model` the language model and `create_model`, `lab` the
 training and benchmark harness of notebook 13; `python -m geomlib.inl train|bench|generate`."""
-from .layer import IntegratorConfig, IntegratorNeuronLayer  # noqa: F401
-from .loss import CYCLE_PRESETS, LOSS_PRESETS, EquilibriumExplorationScheduler, IntegratorLoss, create_cycle_scheduler  # noqa: F401
-from .model import (SIZES, INLConfig, IntegratorLanguageModel, KVCache, create_model, parameter_breakdown,  # noqa: F401
-                    parameter_table, size_config, transformer_like)
+from geomlib import lazy_exports
+
+_EXPORTS = {
+    "IntegratorConfig": "layer", "IntegratorNeuronLayer": "layer",
+    "CYCLE_PRESETS": "loss", "LOSS_PRESETS": "loss", "EquilibriumExplorationScheduler": "loss",
+    "IntegratorLoss": "loss", "create_cycle_scheduler": "loss",
+    "SIZES": "model", "INLConfig": "model", "IntegratorLanguageModel": "model", "KVCache": "model",
+    "create_model": "model", "parameter_breakdown": "model", "parameter_table": "model", "size_config": "model",
+    "transformer_like": "model",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)   # submodules load on first use (fast --help)

@@ -19,9 +19,8 @@ from llgbm.eval.lm import random_windows
 
 from .loss import IntegratorLoss, create_cycle_scheduler
 from .model import INLConfig, IntegratorLanguageModel, size_config, transformer_like
+from .store import CHECKPOINT, run_folder, save_run
 from .tables import final_table, history_frame, iteration_frame, parts_table  # noqa: F401  (the notebook's lab.<table>)
-
-CHECKPOINT = "checkpoint.safetensors"     # a run's weights, AdamW state and history (llgbm.core.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,6 @@ def evaluate(model: IntegratorLanguageModel, windows: torch.Tensor, seq_len: int
     return dict(loss=nll / y.numel(), iterations=torch.cat(iters, 1) if iters else None)
 
 
-def _run_dir(model_cfg: INLConfig, cfg: INLLabConfig, tag: str) -> Path:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("eval_every", "bench_prompt", "bench_new_tokens", "seeds",
-                                                               "bench_repeats", "small_k", "memory_steps", "determinism_steps")}
-    return llgbm_home() / "inl" / f"{tag}-{config_hash(dict(model=asdict(model_cfg), lab=keep, v=1))}"
-
-
 def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, stop_after: int | None = None,
              save: bool = True, progress: bool = True) -> dict:
     """Train from scratch (or resume the cached run) for cfg.steps on the shared windows. The INL model
@@ -110,7 +103,7 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
     later call resumes exactly). Returns {model, history, seconds, run_dir, resumed_from}."""
     from tqdm.auto import tqdm
     steps = cfg.steps
-    run = _run_dir(model_cfg, cfg, tag)
+    run = run_folder(model_cfg, cfg, tag)
     seed_everything(cfg.seed)
     model = IntegratorLanguageModel(model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -152,13 +145,8 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
                                 seconds=seconds, train_loss=loss.item(), val_loss=ev["loss"]))
             bar.set_postfix(val=f"{ev['loss']:.3f}")
             if save:
-                _save(run, model, opt, params, dict(step=done, seconds=seconds, history=history, config=asdict(model_cfg)))
+                save_run(run, model, opt, params, dict(step=done, seconds=seconds, history=history, config=asdict(model_cfg)))
     return dict(model=model.eval(), history=history, seconds=seconds, run_dir=run, resumed_from=start)
-
-
-def _save(run: Path, model, opt, params, state: dict) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(run / CHECKPOINT, state, model=model, opt=opt, params=params)
 
 
 def decode_speeds(model: IntegratorLanguageModel, prompts: torch.Tensor, new_tokens: int, repeats: int,
@@ -270,6 +258,11 @@ def memory_run(model_cfg: INLConfig, cfg: INLLabConfig, steps: int) -> dict:
         if proc.returncode:
             raise RuntimeError(f"memory run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
         return json.loads((Path(tmp) / "report.json").read_text())
+
+
+def trained_dir(cfg: INLLabConfig, vocab_size: int) -> Path:
+    """The run folder of the profile's INL model (what `python -m geomlib.inl generate` and `bench` load)."""
+    return run_folder(models_for(cfg, vocab_size)["inl"], cfg, "inl")
 
 
 def models_for(cfg: INLLabConfig, vocab_size: int) -> dict[str, INLConfig]:

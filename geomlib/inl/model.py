@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
 
 from llgbm.core.utils import check_fields
 
@@ -195,16 +196,17 @@ class IntegratorLanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, do_sample: bool = True,
-                 use_cache: bool = True, generator: torch.Generator | None = None, **forward_kw) -> torch.Tensor:
+                 use_cache: bool = True, generator: torch.Generator | None = None, progress: bool = False,
+                 **forward_kw) -> torch.Tensor:
         """Autoregressive sampling (nucleus/top-k/temperature, or greedy with do_sample=False); with a
-        KV cache each new token costs one position's forward."""
+        KV cache each new token costs one position's forward. `progress`: a bar over the new tokens."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy)")
         was_training = self.training
         self.eval()
         cache = KVCache() if use_cache else None
         ids, step_ids = input_ids, input_ids
-        for _ in range(max_new_tokens):
+        for _ in tqdm(range(max_new_tokens), desc="INL generate", unit="token", disable=not progress, leave=False):
             logits, _ = self(step_ids if use_cache else ids, cache=cache, **forward_kw)
             nxt = sample(logits[:, -1].float(), temperature, top_k, top_p, do_sample, generator)
             ids = torch.cat([ids, nxt], dim=1)

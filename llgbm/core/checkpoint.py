@@ -21,6 +21,14 @@ from llgbm.core.utils import atomic_file
 ALIASES = "__aliases__"      # state key: tensors that share storage with another (tied weights), saved once
 
 
+def check_finite(tensors: dict[str, torch.Tensor], what: str,
+                 fix: str = "lower the learning rate or retrain it") -> None:
+    """The one NaN/Inf check of loaded weights: a ValueError naming `what`, the first bad tensor and `fix`."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what} has NaN/Inf weights in {len(bad)} tensor(s), e.g. {bad[0]}; refusing it ({fix})")
+
+
 def adam_state_tensors(opt, params) -> dict[str, torch.Tensor]:
     """An Adam/AdamW optimizer's per-parameter state as plain tensors ('adam/<i>/exp_avg', ...), `params`
     in a fixed order: safetensors can hold it, and no pickle is needed to resume."""
@@ -82,7 +90,8 @@ def _legacy_value(v: str):
 def load(path: Path | str, *, model: nn.Module | None = None, opt: torch.optim.Optimizer | None = None,
          params=None) -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, state) of the checkpoint at `path`; with `model` the weights are loaded into it (tied
-    ones restored), with `opt` its Adam state. A missing or unreadable file is an error naming it."""
+    ones restored), with `opt` its Adam state. A missing, unreadable (truncated) or non-finite file is
+    an error naming it, raised before anything is loaded into `model` or `opt`."""
     path = Path(path)
     state = _read_meta_state(path)
     try:
@@ -92,8 +101,14 @@ def load(path: Path | str, *, model: nn.Module | None = None, opt: torch.optim.O
     aliases = state.pop(ALIASES, {})
     weights = {k: v for k, v in tensors.items() if not k.startswith("adam/")}
     weights |= {k: weights[v] for k, v in aliases.items()}
+    check_finite(weights, f"checkpoint {path}", "delete it and the run starts over")
     if model is not None:
-        model.load_state_dict(weights)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:          # missing, unexpected or misshapen tensors: another model's file
+            detail = " ".join(str(e).split())
+            raise ValueError(f"{path} does not fit this model, it was saved from another config: "
+                             f"{detail[:300]}{'…' if len(detail) > 300 else ''}") from None
     if opt is not None:
         load_adam_state(opt, params if params is not None else _opt_params(opt), tensors)
     return weights, state
@@ -123,8 +138,14 @@ def load_legacy_folder(folder: Path | str, *, model: nn.Module | None = None, op
     """A checkpoint folder of the layout INL and the coordinate models wrote before `save` (model.safetensors,
     optimizer.safetensors, state.json), read as `load` reads a file."""
     folder = Path(folder)
-    state = json.loads((folder / "state.json").read_text())
-    weights = load_file(str(folder / "model.safetensors"))
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        weights = load_file(str(folder / "model.safetensors"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no checkpoint at {folder}: it lacks {Path(e.filename).name}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{folder} is not a readable checkpoint ({e}); delete it and the run starts over") from None
+    check_finite(weights, f"checkpoint {folder / 'model.safetensors'}", "delete the folder and the run starts over")
     if model is not None:
         load_model(model, str(folder / "model.safetensors"))      # safetensors re-ties what save_model dropped
     if opt is not None:

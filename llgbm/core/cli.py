@@ -20,8 +20,10 @@ EXPECTED = (CommandError, ValueError, LookupError, OSError)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the common `--debug` flag."""
-    return add_debug(argparse.ArgumentParser(prog=prog, description=description))
+    """An ArgumentParser with the common `--debug` flag; the description (a module docstring) is
+    printed as written."""
+    return add_debug(argparse.ArgumentParser(prog=prog, description=description,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def add_debug(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -73,4 +75,13 @@ def output_dir(path: str | Path, what: str) -> Path:
         raise CommandError(f"{what} {path} is an existing file: pass a folder (it is created if missing)")
     if not path.exists() and path.parent.exists() and not path.parent.is_dir():
         raise CommandError(f"{what} {path}: its parent {path.parent} is a file, not a folder")
+    return path
+
+
+def output_file(path: str | Path, what: str) -> Path:
+    """A file to write: not an existing folder, its folder missing (it will be created) or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{what} {path} is a folder: pass a file name, as {path / 'report.json'}")
+    output_dir(path.parent, f"{what}'s folder")
     return path

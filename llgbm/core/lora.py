@@ -2,7 +2,7 @@
 targets, peft's state-dict key format, loading, checking, flattening and averaging adapters,
 canonical adapter hashes, writing an adapter folder, and applying one to a model for a while.
 
-It imports only torch, peft, safetensors and utils, so every other module can import it."""
+It imports only torch, peft, safetensors, utils and checkpoint, so every other module can import it."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from llgbm.core.checkpoint import check_finite
 from llgbm.core.utils import atomic_dir, canonical_json
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -65,13 +66,6 @@ def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 # ------------------------------------------------------------------ adapters on disk
-
-def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"{what} has NaN/Inf weights in {len(bad)} tensor(s), e.g. {bad[0]}; "
-                         f"refusing it (lower the learning rate or retrain this adapter)")
-
 
 def load_adapter_weights(folder: Path | str) -> dict[str, torch.Tensor]:
     """The LoRA tensors of a peft adapter folder, refused if any is NaN/Inf."""

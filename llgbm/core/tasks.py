@@ -95,13 +95,18 @@ class _Spec:
 _REGISTRY: dict[str, _Spec] = {}
 
 
-def unambiguous(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Distinct (input, answer) pairs, sorted, without any input that has two different answers
-    (one right answer per input: exact match cannot score an ambiguous item fairly)."""
+def answers_by_input(pairs: Sequence[tuple[str, str]]) -> dict[str, set[str]]:
+    """{input: its distinct answers}."""
     answers: dict[str, set[str]] = {}
     for x, y in pairs:
         answers.setdefault(x, set()).add(y)
-    return sorted((x, next(iter(ys))) for x, ys in answers.items() if len(ys) == 1)
+    return answers
+
+
+def unambiguous(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Distinct (input, answer) pairs, sorted, without any input that has two different answers
+    (one right answer per input: exact match cannot score an ambiguous item fairly)."""
+    return sorted((x, next(iter(ys))) for x, ys in answers_by_input(pairs).items() if len(ys) == 1)
 
 
 def _split(name: str, pairs: Sequence[tuple[str, str]], n_dev: int = 0) -> tuple[Pairs, Pairs, Pairs]:
@@ -164,9 +169,7 @@ def _strict_pairs(name: str, raw) -> list[tuple[str, str]]:
         if "\n" in item[0] or "\n" in item[1] or not item[1].strip():
             raise ValueError(f"task {name!r}: item {i} is {tuple(item)!r}; inputs and answers must be one non-empty line")
         pairs.append((item[0], item[1]))
-    answers: dict[str, set[str]] = {}
-    for x, y in pairs:
-        answers.setdefault(x, set()).add(y)
+    answers = answers_by_input(pairs)
     conflicts = sorted(x for x, ys in answers.items() if len(ys) > 1)
     if conflicts:
         shown = "; ".join(f"{x!r} -> {sorted(answers[x])}" for x in conflicts[:5])
@@ -283,47 +286,47 @@ _LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
                "pt": "Portuguese", "sv": "Swedish", "pl": "Polish"}
 for _code, _lang in _LANG_NAMES.items():
     _builtin(f"country_en_to_{_code}", f"Translate the country name into {_lang}.",
-                  lambda c=_code: _country_names(c), family="country_names", heldout=_code in ("it", "nl"))
+             lambda c=_code: _country_names(c), family="country_names", heldout=_code in ("it", "nl"))
 
 _builtin("country_to_alpha2", "Give the two-letter ISO 3166 code of the country.",
-              lambda: [(c.name, c.alpha_2) for c in _countries()], family="iso_codes")
+         lambda: [(c.name, c.alpha_2) for c in _countries()], family="iso_codes")
 _builtin("country_to_alpha3", "Give the three-letter ISO 3166 code of the country.",
-              lambda: [(c.name, c.alpha_3) for c in _countries()], family="iso_codes")
+         lambda: [(c.name, c.alpha_3) for c in _countries()], family="iso_codes")
 _builtin("alpha2_to_country", "Name the country with this two-letter ISO code.",
-              lambda: [(c.alpha_2, c.name) for c in _countries()], family="iso_codes")
+         lambda: [(c.alpha_2, c.name) for c in _countries()], family="iso_codes")
 _builtin("alpha3_to_country", "Name the country with this three-letter ISO code.",
-              lambda: [(c.alpha_3, c.name) for c in _countries()], family="iso_codes", heldout=True)
+         lambda: [(c.alpha_3, c.name) for c in _countries()], family="iso_codes", heldout=True)
 _builtin("alpha3_to_alpha2", "Convert the three-letter country code to its two-letter code.",
-              lambda: [(c.alpha_3, c.alpha_2) for c in _countries()], family="iso_codes")
+         lambda: [(c.alpha_3, c.alpha_2) for c in _countries()], family="iso_codes")
 _builtin("language_to_alpha2", "Give the two-letter ISO 639 code of the language.",
-              lambda: [(n, a) for a, n in _languages()], family="iso_codes")
+         lambda: [(n, a) for a, n in _languages()], family="iso_codes")
 _builtin("alpha2_to_language", "Name the language with this two-letter ISO 639 code.",
-              _languages, family="iso_codes", heldout=True)
+         _languages, family="iso_codes", heldout=True)
 _builtin("currency_to_name", "Name the currency with this ISO 4217 code.",
-              lambda: [(c.alpha_3, c.name) for c in __import__("pycountry").currencies],
-              family="iso_codes")
+         lambda: [(c.alpha_3, c.name) for c in __import__("pycountry").currencies],
+         family="iso_codes")
 
 for _code, _lang in [("en", "English"), ("fr", "French"), ("de", "German"), ("es", "Spanish"),
                      ("it", "Italian"), ("pt", "Portuguese"), ("nl", "Dutch")]:
     _builtin(f"number_words_{_code}", f"Write the number in {_lang} words.",
-                  lambda c=_code: _numbers(c), family="number_words", heldout=_code in ("it", "pt"))
+             lambda c=_code: _numbers(c), family="number_words", heldout=_code in ("it", "pt"))
 _builtin("ordinal_words_en", "Write the ordinal of the number in English words.",
-              lambda: _numbers("en", "ordinal"), family="number_words")
+         lambda: _numbers("en", "ordinal"), family="number_words")
 
 for _k in (1, 2, 3, 10):
     _builtin(f"add_{_k}", f"Add {_k} to the number.", lambda k=_k: _add(f"add_{k}", k),
-                  family="transforms", heldout=_k == 3)
+             family="transforms", heldout=_k == 3)
 _builtin("subtract_1", "Subtract 1 from the number.",
-              lambda: [(str(n), str(n - 1)) for n in random.Random(7).sample(range(10, 1000), 600)],
-              family="transforms")
+         lambda: [(str(n), str(n - 1)) for n in random.Random(7).sample(range(10, 1000), 600)],
+         family="transforms")
 for _k in (1, 2, 3):
     _builtin(f"caesar_{_k}", f"Shift every letter {_k} place{'s' * (_k > 1)} forward in the alphabet.",
-                  lambda k=_k: [(w, _caesar(w, k)) for w in _random_words(f"caesar_{k}", 600, 4)],
-                  family="transforms", heldout=_k == 2)
+             lambda k=_k: [(w, _caesar(w, k)) for w in _random_words(f"caesar_{k}", 600, 4)],
+             family="transforms", heldout=_k == 2)
 _builtin("reverse_letters", "Reverse the order of the letters.",
-              lambda: [(w, " ".join(reversed(w.split()))) for w in _random_words("reverse", 600, 5)],
-              family="transforms")
+         lambda: [(w, " ".join(reversed(w.split()))) for w in _random_words("reverse", 600, 5)],
+         family="transforms")
 _builtin("uppercase_letters", "Write the letters in upper case.",
-              lambda: [(w, w.upper()) for w in _random_words("upper", 600, 5)], family="transforms")
+         lambda: [(w, w.upper()) for w in _random_words("upper", 600, 5)], family="transforms")
 
 BUILTIN_TASKS = tuple(_REGISTRY)

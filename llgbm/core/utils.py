@@ -157,6 +157,30 @@ def check_fields(cls, names) -> None:
     check_known(names, [f.name for f in dataclasses.fields(cls)], f"{cls.__name__} field(s)")
 
 
+def check_values(cls, given: dict, where: str, fields: dict[str, str] | None = None) -> None:
+    """Values of a config file's section against the types the dataclass `cls` declares: an int field
+    takes an integer, a float field a number, a bool field true/false, a str field a string, and an
+    `X | None` field also null (other types are left to the class). The error names the key as `given`
+    spells it; `fields` maps such a key to the field it sets where the names differ."""
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+    declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, v in given.items():
+        parts = [p.strip() for p in declared.get((fields or {}).get(key, key), "").split("|")]
+        if not parts or any(p not in kinds for p in parts):
+            continue
+        ok = any(isinstance(v, kinds[p]) and (p in ("bool", "None") or not isinstance(v, bool)) for p in parts)
+        if not ok:
+            want = " or ".join({"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                                "None": "null"}[p] for p in parts)
+            hint = ""
+            if "float" in parts and isinstance(v, str):
+                try:
+                    hint = f" (YAML reads {v} as text: write it with a dot, as {float(v):.1e})"
+                except ValueError:
+                    pass
+            raise ValueError(f"{where} {key}: {v!r} is not {want}{hint}")
+
+
 def preset_config(cls, base: dict, overrides: dict):
     """The one preset rule of every config: `cls(**base)` (the profile's values) with `overrides`
     field by field; an unknown field raises naming the known ones, and None means "the profile's

@@ -11,6 +11,7 @@ so a warm rerun only rebuilds tables and figures):
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import numpy as np
@@ -30,21 +31,59 @@ from llgbm.lab.suiteplan import base_accuracy, suite_table
 
 class StageClock:
     """Wall seconds of each stage of the plan, as first measured (the cold run that did the work),
-    kept under LLGBM_HOME/suite per plan: a warm rerun, which reads everything back, keeps them."""
+    kept under LLGBM_HOME/suite per plan: a warm rerun, which reads everything back, keeps them.
 
-    def __init__(self, lab: SuiteLab):
+    A cold run that is interrupted (a session ends mid-stage) keeps the work it cached, and the clock
+    keeps the time: every `tick` seconds it writes the seconds spent so far in the unfinished stage, and
+    the run that finishes the stage adds them to its own. A stage's cold time is then the sum over the
+    runs that worked on it; work lost at the interruption (a generator run not yet saved) is counted
+    twice, so the figure errs high, never low. `interrupted` names the stages that were split so."""
+
+    PARTIAL = "_interrupted"        # {stage: seconds of earlier, unfinished runs of it}
+
+    def __init__(self, lab: SuiteLab, tick: float = 30.0):
         self.path = lab.root / f"stage-seconds-{lab.profile}-{lab.tag(lab.cfg, lab.plan)}.json"
-        self.first = cache.read(self.path) or {}
+        saved = cache.read(self.path) or {}
+        self.partial: dict[str, float] = dict(saved.pop(self.PARTIAL, {}))
+        self.interrupted: set[str] = set(saved.pop("_split", []))
+        self.first: dict[str, float] = saved
         self.now: dict[str, float] = {}
+        self.tick = tick
+
+    def _save(self, running: dict[str, float] | None = None) -> None:
+        partial = {**self.partial, **(running or {})}
+        cache.write(self.path, {**self.first, self.PARTIAL: partial, "_split": sorted(self.interrupted)})
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        t0 = time.perf_counter()
-        yield
+        t0, stop = time.perf_counter(), threading.Event()
+        earlier = self.partial.get(name, 0.0)
+
+        def beat():                 # the seconds so far, on disk, in case this process does not finish the stage
+            while not stop.wait(self.tick):
+                self._save({name: earlier + time.perf_counter() - t0})
+        beating = threading.Thread(target=beat, daemon=True) if name not in self.first else None
+        if beating:
+            beating.start()
+        try:
+            yield
+        except BaseException:      # an error or Ctrl-C: keep the seconds spent, as a session's end would
+            if beating:
+                stop.set()
+                beating.join()
+                self.partial[name] = earlier + time.perf_counter() - t0
+                self._save()
+            raise
+        finally:
+            stop.set()
+            if beating:
+                beating.join()
         self.now[name] = time.perf_counter() - t0
         if name not in self.first:
-            self.first[name] = self.now[name]
-            cache.write(self.path, self.first)
+            if name in self.partial:
+                self.interrupted.add(name)
+            self.first[name] = self.partial.pop(name, 0.0) + self.now[name]
+            self._save()
 
 
 def groups(lab: SuiteLab) -> dict[str, list[str]]:
@@ -242,6 +281,8 @@ def stage_table(clock: StageClock) -> pd.DataFrame:
     """The plan's measured cost: wall minutes of each stage when it first ran (the cold run) and in
     this run (a warm rerun reads its results back), with the total."""
     order = list(dict.fromkeys([*clock.now, *clock.first]))              # this run's order, then stages it skipped
-    frame = pd.DataFrame({"first run (min)": pd.Series(clock.first) / 60, "this run (min)": pd.Series(clock.now) / 60}).loc[order]
-    frame.loc["total"] = frame.sum()
+    frame = pd.DataFrame({"first run (min)": pd.Series(clock.first, dtype=float) / 60,
+                          "this run (min)": pd.Series(clock.now, dtype=float) / 60}).loc[order]
+    frame.insert(1, "first run split", [name in clock.interrupted for name in order])
+    frame.loc["total"] = [frame["first run (min)"].sum(), bool(clock.interrupted), frame["this run (min)"].sum()]
     return frame.rename_axis("stage")

@@ -14,13 +14,20 @@ from llgbm.eval.compare import labelled
 from llgbm.notebook.cite import check_cited, uncited  # noqa: F401  (uncited: the report's public check)
 from llgbm.notebook.provenance import code_state, provenance_line
 
-SUITE_BUDGET_S = {"quick": 60 * 60}   # the brief's budget for the whole quick suite on 2 cores, cold
-SUITE_WARM_BUDGET_S = {"quick": 10 * 60}   # ... and for a warm rerun of it
+# The whole quick suite on 2 cores, cold: no slower than the 230 min measured on the 24-task suite before
+# the large one (issue 27; the brief: it must get faster, not slower, as it grows) ...
+SUITE_BUDGET_S = {"quick": 230 * 60}
+SUITE_WARM_BUDGET_S = {"quick": 10 * 60}   # ... and a warm rerun of it
 # Cold budgets per notebook in quick on 2 cores (the brief): 00 ≤ 15 min, 04b ≤ 20, 06 ≤ 90, 10 ≤ 25,
 # 11 ≤ 15, 12 ≤ 30, others ≤ 10.
 NOTEBOOK_BUDGET_S = {"00_baseline": 15 * 60, "04b_ablations": 20 * 60, "06_zeroshot": 90 * 60, "10_igbundle": 25 * 60,
                      "11_calabi": 15 * 60, "12_coordinates": 30 * 60}
 DEFAULT_NOTEBOOK_BUDGET_S = 10 * 60
+
+
+def budget_text() -> str:
+    """The notebooks with their own budgets, as "00 ≤ 15 min; 04b ≤ 20 min; …"."""
+    return "; ".join(f"{k.split('_')[0]} ≤ {v / 60:.0f} min" for k, v in NOTEBOOK_BUDGET_S.items())
 
 
 def notebook_budget(stem: str) -> float:
@@ -162,9 +169,9 @@ def run_times(profile: str, timings: dict) -> list[str]:
     lines = ["## Run times", "",
              "Wall time of each notebook on this machine (2 cores), filed by the cache the suite run started from: "
              "**cold** (an empty `~/.cache/llgbm`: every teacher, generator and score computed) or **warm** (a rerun "
-             "over a finished cache). " + (f"Budgets (cold, quick): 00 ≤ 15 min; 04b, 06 ≤ 20 min; every other "
-                                         f"notebook ≤ 10 min; the suite ≤ {SUITE_BUDGET_S[profile] / 60:.0f} min cold and "
-                                         f"≤ {SUITE_WARM_BUDGET_S[profile] / 60:.0f} min warm." if budgeted else ""), "",
+             "over a finished cache). " + (f"Budgets (cold, quick): {budget_text()}; every other notebook ≤ "
+                                         f"{DEFAULT_NOTEBOOK_BUDGET_S / 60:.0f} min; the suite ≤ {SUITE_BUDGET_S[profile] / 60:.0f} "
+                                         f"min cold and ≤ {SUITE_WARM_BUDGET_S[profile] / 60:.0f} min warm." if budgeted else ""), "",
              "| notebook | budget (cold) | cold run (s) | cold verdict | warm run (s) | latest run (s) | zoo at its start |",
              "|---|---|---|---|---|---|---|"]
     for k, v in sorted(timings.items()):

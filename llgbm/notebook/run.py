@@ -122,6 +122,27 @@ def duration(seconds: float) -> str:
     return f"{minutes:.1f} min" if minutes < 10 else f"{minutes:.0f} min"
 
 
+# The folders under LLGBM_HOME that a notebook fills on its own (the zoo says nothing about them): its
+# run is filed cold when they held no file at its start, warm when it wrote no new file there, partial
+# otherwise (`own_mode`). Notebooks not listed are filed by the zoo's state (`suite_mode`).
+OWN_CACHES = {"06_zeroshot": ("suite",), "10_igbundle": ("igbundle",), "11_calabi": ("calabi",),
+              "12_coordinates": ("continual", "coordinates"), "13_inl": ("inl",)}
+
+
+def cache_files(stem: str) -> frozenset[str] | None:
+    """The files in a notebook's own cache folders (None: it has none listed)."""
+    if stem not in OWN_CACHES:
+        return None
+    home = llgbm_home()
+    return frozenset(str(p.relative_to(home)) for d in OWN_CACHES[stem] if (home / d).exists()
+                     for p in (home / d).rglob("*") if p.is_file())
+
+
+def own_mode(before: frozenset[str], after: frozenset[str]) -> str:
+    """cold (nothing cached at the start), warm (nothing new written: every result read back) or partial."""
+    return "cold" if not before else ("warm" if after <= before else "partial")
+
+
 def suite_mode(state: dict) -> str:
     """How warm the cache was when a suite run started: "cold" (no teacher and no generator run yet:
     an empty ~/.cache/llgbm; the committed deltas/ do not count), "warm" (the zoo finished and
@@ -157,7 +178,8 @@ def machine() -> str:
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
                   note: str | None = None, cells: list[dict] | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
-    partial reruns (`--only`). `mode` (suite_mode at the start of the whole run) also files it as
+    partial reruns (`--only`). `mode` (suite_mode at the start of the whole run, or own_mode for a
+    notebook with its own caches) also files it as
     that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
     what else to know about the run (the report prints it under the run-times table); `cells` its
     slowest cells (`cell_seconds`), where the minutes went."""
@@ -208,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         state = cache_state(args.profile)
         estimate = f", last run {duration(last[nb.stem]['seconds'])}" if nb.stem in last else ""
         print(f"[llgbm.run] {i}/{len(selected)} {nb.name} ({args.profile}; zoo {state['state']}{estimate})", flush=True)
-        t0 = time.time()
+        t0, own = time.time(), cache_files(nb.stem)
         try:
             run_notebook(nb, args.profile, args.kernel, args.timeout, progress=f"{nb.stem}{estimate}")
         except pm.PapermillExecutionError as e:
@@ -218,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds, state, mode, args.note,
+        record_timing(args.profile, nb.stem, seconds, state, mode if own is None else own_mode(own, cache_files(nb.stem)), args.note,
                       cell_seconds(reports_root() / args.profile / "_executed" / nb.name))
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
