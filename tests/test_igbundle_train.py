@@ -185,3 +185,13 @@ def test_ledger_tables_floor_and_claims_follow_the_runs():
     assert claims[2][3].startswith("sigma is the mean") and "6.0 at the last" in claims[2][3] and "caps it at 1000" in claims[2][3]
     for text in [verdict, *(f"{c[2]} | {c[3]}" for c in claims)]:
         assert uncited(text, m) == []
+
+
+def test_a_config_writes_the_yaml_it_reads(tmp_path):
+    """to_yaml is from_yaml's inverse (the speed runs of notebook 10 train through a written YAML, which the
+    strict reader checks like a user's)."""
+    import yaml
+    for cfg in (IGTrainConfig.from_yaml(ROOT / "geomlib" / "configs" / "igbundle_smollm2.yaml"), IGTrainConfig.preset("quick"),
+                IGTrainConfig.preset("smoke", method="houlsby", seed=2)):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_yaml()))
+        assert IGTrainConfig.from_yaml(tmp_path / "c.yaml") == cfg

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +109,11 @@ def speed_run(cfg: IGTrainConfig, steps: int) -> dict:
     report: seconds per step and the process's peak resident memory (MB)."""
     import yaml
     with tempfile.TemporaryDirectory() as tmp:
-        ig = {k: v for k, v in cfg.ig.to_dict().items() if k != "hidden_size"}
-        for k in ("lora_r", "lora_alpha", "lora_targets"):
-            ig.pop(k)
-        training = {k: v for k, v in asdict(cfg).items() if k not in ("ig", "model", "output_dir", "tasks")}
-        training.update(max_steps=steps, save_steps=steps)
-        conf = dict(base_model_id=cfg.model, ig_adapter=ig, training=training, data=dict(tasks=list(cfg.tasks)))
+        conf = cfg.to_yaml()
+        conf.pop("lora", None)                                   # the adapters alone, as this table has always timed them
+        conf["ig_adapter"].pop("hidden_size", None)
+        conf["training"].update(max_steps=steps, save_steps=steps)
+        conf["training"].pop("output_dir", None)
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(conf))
         cmd = [sys.executable, "-m", "geomlib.igbundle", "train", "--config", str(Path(tmp) / "c.yaml"),
                "--output-dir", str(Path(tmp) / "run"), "--report", str(Path(tmp) / "report.json")]

@@ -110,6 +110,17 @@ class IGTrainConfig:
             train["tasks"] = tuple(sections["data"]["tasks"])
         return replace(cls(model=raw.get("base_model_id", "smollm2"), ig=IGBundleConfig.from_dict(ig), **train), **overrides)
 
+    def to_yaml(self) -> dict:
+        """This config in the seed's YAML layout, as `from_yaml` reads it back (tested round trip)."""
+        ig = self.ig.to_dict()
+        loss = dict(lambda_glue=ig.pop("sheaf_weight"), num_patches=ig.pop("num_patches"), tau=ig.pop("tau"))
+        lora = dict(r=ig.pop("lora_r"), lora_alpha=ig.pop("lora_alpha"), target_modules=list(ig.pop("lora_targets")))
+        if ig["hidden_size"] is None:
+            ig.pop("hidden_size")
+        out = dict(base_model_id=self.model, ig_adapter=ig, loss=loss, data=dict(tasks=list(self.tasks)),
+                   training={k: v for k, v in asdict(self).items() if k in YAML_KEYS["training"] and v is not None})
+        return out | (dict(lora=lora) if lora["r"] is not None else {})
+
     def run_key(self) -> str:
         d = asdict(self)
         for k in ("save_steps", "logging_steps", "slow_step_pause", "output_dir", "max_steps"):
