@@ -224,7 +224,7 @@ def test_ema_and_adaptive_decoding_switch_at_the_threshold():
     assert len(picks) > 1
 
 
-def test_readme_generator_api_runs_as_written():
+def test_readme_generator_api_runs_as_written(capsys):
     from geomlib.coordinates.generation import GenerationConfig, GeometricGenerator
     torch.manual_seed(0)
     model = GeometricLlama(TINY_SEED)
@@ -239,6 +239,11 @@ def test_readme_generator_api_runs_as_written():
     assert len(results) == 5 and all(isinstance(t, str) for t in results)
     fast, _ = generator.generate("Hello", config=GenerationConfig(max_length=4, use_coordinate_refinement=False))
     assert len(fast) == len("Hello") + 4
+    capsys.readouterr()
+    generator.generate("Hello", config=GenerationConfig(max_length=3))              # the default shows a per-token bar
+    assert "generate (refining θ)" in capsys.readouterr().err
+    generator.generate("Hello", config=GenerationConfig(max_length=3), progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_cached_generation_equals_uncached_under_causal_pooling():
@@ -295,7 +300,7 @@ def test_command_line_verify_train_generate(lab_home, capsys):
     from llgbm.core import cli
     assert main(["verify", "--config", "geomlib/configs/geometric_10m.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "modulation" in out and "builds 108.0M parameters" in out
+    assert "modulation" in out and "builds 108.0M parameters" in out and "nan" not in out.lower()     # "—" where the seed says nothing
     assert cli.run(main, ["generate", "--profile", "smoke", "--prompt", "The"]) == 2          # nothing trained yet
     assert "no trained GeometricLlama" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke"]) == 0
