@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 from typing import Callable
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+
+from llgbm.core.timing import median_time
 
 from .svd import OptimizedCalabiYauLinear, decompose
 
@@ -62,13 +63,7 @@ def gemm_seconds(m: int, n: int, r: int | None, tokens: int = 256, repeats: int 
     else:
         v, s, u = torch.randn(n, r, generator=g), torch.randn(r, generator=g), torch.randn(m, r, generator=g)
         fn = lambda: ((x @ v) * s) @ u.T   # noqa: E731
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_time(fn, repeats)
 
 
 def fast_ranks(shapes, timer: Callable[[int, int, int | None], float] = gemm_seconds) -> dict[tuple[int, int], int]:
