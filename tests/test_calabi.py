@@ -199,7 +199,7 @@ def test_ledger_reads_the_best_cell_at_20_and_words_the_claims():
     claims = {c[0][:20]: c[2] for c in ledger.claims(m, best)}
     assert claims["Calabi inference is "] == "refuted on speed (one timed pass); memory not measured (parameters only)"
     assert claims["Compression maintain"] == "refuted" and claims["Low-rank projection "] == "refuted"
-    assert claims["Best method at 20% w"] == "met"
+    assert claims["Best uniform-rank me"] == "met"
     assert "1.20× dense perplexity (within the 1.30× target)" in ledger.verdict(m, best)
     # the interleaved repeats decide "faster": svdllm's slowest repeat (115) beats dense's fastest (105)
     speed = pd.DataFrame(dict(median=[100.0, 120.0, 90.0], min=[95.0, 115.0, 80.0], max=[105.0, 125.0, 100.0], repeats=[7, 7, 7],

@@ -83,6 +83,10 @@ def fast_ranks(shapes, timer: Callable[[int, int, int | None], float] = gemm_sec
     return out
 
 
+class InfeasibleBudget(ValueError):
+    """The budget cannot be met: too few layers are faster factorised to remove that many parameters."""
+
+
 def allocate(layers: dict[str, dict], budget: int, fast: dict[tuple[int, int], int]) -> dict[str, int | None]:
     """{layer: rank, or None where it stays dense} within `budget` parameters over these layers (biases
     aside), minimising the summed truncation loss. `layers[name]` holds m, n and `losses` (tail_losses of
@@ -98,7 +102,7 @@ def allocate(layers: dict[str, dict], budget: int, fast: dict[tuple[int, int], i
             rank[name] = None
             fixed += d["m"] * d["n"]
     if fixed > budget:
-        raise ValueError(f"a budget of {budget:,} parameters is below the {fixed:,} that rank 1 (and dense where "
+        raise InfeasibleBudget(f"a budget of {budget:,} parameters is below the {fixed:,} that rank 1 (and dense where "
                          f"factorising is not faster) already takes: remove a smaller share")
     left = budget - fixed
     heap = []
@@ -160,27 +164,32 @@ def budget_for(layers: dict[str, dict], ratio: float) -> int:
     return math.floor((1 - ratio) * sum(d["m"] * d["n"] for d in layers.values()))
 
 
-def spectra(model: nn.Module, calib: dict, min_features: int = 128, skip: tuple[str, ...] = ("lm_head",)) -> dict[str, dict]:
+def spectra(model: nn.Module, calib: dict, min_features: int = 128, skip: tuple[str, ...] = ("lm_head",),
+            decompositions: dict | None = None) -> dict[str, dict]:
     """{layer: m, n, the svdllm `decomposition` and its `losses` (tail_losses of the whitened σ)} for
-    every nn.Linear that `OptimizedCYModelUtils.replace_linear_layers` would consider."""
+    every nn.Linear that `OptimizedCYModelUtils.replace_linear_layers` would consider. `decompositions`
+    ({(layer, "svdllm"): decomposition}, as the grid keeps them) is read and filled: no layer twice."""
     out = {}
     for name, mod in model.named_modules():
         if (isinstance(mod, nn.Linear) and min(mod.in_features, mod.out_features) >= min_features
                 and not any(name == s or name.endswith("." + s) for s in skip)):
             if name not in calib:
                 raise ValueError(f"no calibration statistics for layer {name!r}: collect them over every layer compressed")
-            d = decompose(mod.weight.detach(), "svdllm", calib[name])
+            store = decompositions if decompositions is not None else {}
+            if (name, "svdllm") not in store:
+                store[name, "svdllm"] = decompose(mod.weight.detach(), "svdllm", calib[name])
+            d = store[name, "svdllm"]
             out[name] = dict(m=mod.out_features, n=mod.in_features, decomposition=d, losses=tail_losses(d["s"]))
     return out
 
 
 def compress_allocated(model: nn.Module, ratio: float, calib: dict, fast: dict | None = None, update: bool = False,
-                       min_features: int = 128, progress: bool = False) -> dict[str, int | None]:
+                       min_features: int = 128, progress: bool = False, decompositions: dict | None = None) -> dict[str, int | None]:
     """Compress `model` in place at `ratio` of its targeted linears' parameters removed, each layer at the
     rank `allocate` gives it (svdllm factors; dense where factorising is not faster, `fast` as from
     `fast_ranks`, measured here when None). With `update`, each kept U is refitted in closed form to the
-    calibration Gram (`closed_form_update`, for the right factor diag(S)·Vᵀ) and the bias refolded. Returns {layer: rank or None (dense)}."""
-    layers = spectra(model, calib, min_features)
+    calibration Gram (`update_layer`). `decompositions` as in `spectra`. Returns {layer: rank or None (dense)}."""
+    layers = spectra(model, calib, min_features, decompositions=decompositions)
     fast = fast if fast is not None else fast_ranks([(d["m"], d["n"]) for d in layers.values()])
     ranks = allocate(layers, budget_for(layers, ratio), fast)
     for name in tqdm([k for k, r in ranks.items() if r is not None], desc=f"compress (allocated, {ratio:.0%})",
@@ -191,14 +200,30 @@ def compress_allocated(model: nn.Module, ratio: float, calib: dict, fast: dict |
         layer = OptimizedCalabiYauLinear(dense, method="svdllm", calib=calib[name], rank=ranks[name],
                                          decomposition=layers[name]["decomposition"])
         if update:
-            with torch.no_grad():
-                w, right = dense.weight.detach(), (layer.V * layer.S).T          # diag(S)·Vᵀ, (r × n)
-                layer.U.copy_(closed_form_update(w, right, gram_of(calib[name])))   # W ≈ U·diag(S)·Vᵀ, S kept
-                base = dense.bias.detach().double() if dense.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-                mu = calib[name].mean.to(torch.float64)                        # the reconstruction bias, refolded
-                layer.bias.copy_((base + (w.double() - layer.U.double() @ right.double()) @ mu).to(layer.bias.dtype))
+            update_layer(layer, dense, calib[name])
         setattr(parent, child, layer)
     return ranks
+
+
+@torch.no_grad()
+def update_layer(layer: OptimizedCalabiYauLinear, dense: nn.Linear, stats) -> None:
+    """In place: the layer's U refitted in closed form to the calibration Gram (`closed_form_update` for
+    the kept right factor diag(S)·Vᵀ, S kept), and the reconstruction bias refolded for the new U."""
+    w, right = dense.weight.detach(), (layer.V * layer.S).T                # diag(S)·Vᵀ, (r × n)
+    layer.U.copy_(closed_form_update(w, right, gram_of(stats)))            # W ≈ U·diag(S)·Vᵀ
+    if layer.bias is not None:
+        base = dense.bias.detach().double() if dense.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        resid = w.double() - layer.U.double() @ right.double()
+        layer.bias.copy_((base + resid @ stats.mean.to(torch.float64)).to(layer.bias.dtype))
+
+
+def update_factors(model: nn.Module, dense: nn.Module, calib: dict) -> int:
+    """`update_layer` on every factorised layer of `model`, the dense weights read from `dense` (the same
+    architecture, uncompressed): SVD-LLM's closed-form update after any truncation. Returns the count."""
+    names = [n for n, m in model.named_modules() if isinstance(m, OptimizedCalabiYauLinear)]
+    for name in names:
+        update_layer(model.get_submodule(name), dense.get_submodule(name), calib[name])
+    return len(names)
 
 
 def _refit(layer, dense_layer, a: dict) -> None:

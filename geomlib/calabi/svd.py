@@ -164,9 +164,10 @@ class OptimizedCalabiYauLinear(nn.Module):
         if inv is not None:
             v = (inv.T @ v.double()).float()         # Vᵀ·L⁻¹, kept as (n, k)
         self.rank = k
-        self.U = nn.Parameter(u[:, :k].contiguous().float().to(w.device))
-        self.S = nn.Parameter(s[:k].contiguous().float().to(w.device))
-        self.V = nn.Parameter(v.contiguous().float().to(w.device))
+        # own copies: a slice would keep the whole spectrum's storage alive (and alias a shared decomposition)
+        self.U = nn.Parameter(u[:, :k].float().to(w.device).clone(memory_format=torch.contiguous_format))
+        self.S = nn.Parameter(s[:k].float().to(w.device).clone())
+        self.V = nn.Parameter(v.float().to(w.device).clone(memory_format=torch.contiguous_format))
         bias = original_linear.bias.detach().clone() if original_linear.bias is not None else torch.zeros(m, device=w.device)
         if calib is not None and bias_correction:
             mu = calib.mean.to(w.device, torch.float64)

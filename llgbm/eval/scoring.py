@@ -10,6 +10,7 @@ batch; where the tokeniser merges across the boundary the batch is read whole)."
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,27 @@ from llgbm.core.functional import FunctionalLoRA
 from llgbm.core.lora import load_adapter_weights, lora_applied, stack_states
 from llgbm.core.models import backbone_and_head
 from llgbm.core.tasks import Task
+
+
+# ------------------------------------------------------------------ few-shot prompts
+
+def demonstrations(task: Task, k: int = 4) -> tuple[tuple[str, str], ...]:
+    """k training examples of the task, fixed per task (drawn by its name): the few-shot prompt's
+    demonstrations, and the labeled generator's condition at test time."""
+    if k < 1:
+        raise ValueError(f"need k ≥ 1 demonstrations, got {k}")
+    rng = np.random.default_rng(zlib.crc32(task.name.encode()))
+    return tuple(task.train[i] for i in sorted(rng.choice(len(task.train), size=min(k, len(task.train)), replace=False)))
+
+
+def icl_prefix(task: Task, k: int = 4) -> str:
+    """The demonstrations written as the task's prompts with their answers, one after another; the
+    test prompt follows. Refuses a demonstration whose input is a test item's."""
+    demos = demonstrations(task, k)
+    leak = {x for x, _ in demos} & {x for x, _ in task.test}
+    if leak:
+        raise ValueError(f"task {task.name!r}: demonstration input(s) {sorted(leak)} are test items")
+    return "".join(task.prompt(x) + task.target(y) for x, y in demos)
 
 
 def encode_pairs(tokenizer, task: Task, pairs, prefix: str = "") -> list[tuple[list[int], list[int]]]:

@@ -3,34 +3,16 @@
 - one multi-task LoRA on the union of the training tasks' examples (`TaskMixture`, at MULTITASK_LR)."""
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from llgbm.core.tasks import Task, get_task
+from llgbm.eval.scoring import demonstrations, icl_prefix  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------ few-shot prompting
-
-def demonstrations(task: Task, k: int = 4) -> tuple[tuple[str, str], ...]:
-    """k training examples of the task, fixed per task (drawn by its name): the few-shot prompt's
-    demonstrations, and the labeled generator's condition at test time."""
-    if k < 1:
-        raise ValueError(f"need k ≥ 1 demonstrations, got {k}")
-    rng = np.random.default_rng(zlib.crc32(task.name.encode()))
-    return tuple(task.train[i] for i in sorted(rng.choice(len(task.train), size=min(k, len(task.train)), replace=False)))
-
-
-def icl_prefix(task: Task, k: int = 4) -> str:
-    """The demonstrations written as the task's prompts with their answers, one after another; the
-    test prompt follows. Refuses a demonstration whose input is a test item's."""
-    demos = demonstrations(task, k)
-    leak = {x for x, _ in demos} & {x for x, _ in task.test}
-    if leak:
-        raise ValueError(f"task {task.name!r}: demonstration input(s) {sorted(leak)} are test items")
-    return "".join(task.prompt(x) + task.target(y) for x, y in demos)
-
+# `demonstrations` and `icl_prefix` live in llgbm.eval.scoring (geomlib's notebooks prompt with them too).
 
 def prompt_tokens(tokenizer, task: Task, n: int, prefix: str = "") -> float:
     """Mean prompt length in tokens over the first n test items (what a model reads per item)."""

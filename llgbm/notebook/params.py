@@ -69,8 +69,13 @@ def check_params(**params) -> dict:
             _subset(name, v, list_tasks(suite=None), allow_none=True)
         elif name == "ratios":
             _ratios(name, v)
+        elif name == "recover_steps":
+            if v is not None and (not isinstance(v, (list, tuple)) or not v or
+                                  not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in v)):
+                raise ParameterError(f"parameter recover_steps={v!r}: expected None or a non-empty list of step counts ≥ 0, "
+                                     f"e.g. [0, 10, 20, 40]")
         else:
             raise ParameterError(f"unknown parameter {name!r}; this lab's notebooks take: profile, model_name, eval_items, "
                                  f"n_timing, prompts_per_item, seed, seeds, steps_factor, objectives, tasks, ratios, "
-                                 f"calib_windows, eval_windows, ft_steps, steps, bench_repeats, weight_steps, lm_steps")
+                                 f"calib_windows, eval_windows, ft_steps, recover_steps, steps, bench_repeats, weight_steps, lm_steps")
     return params

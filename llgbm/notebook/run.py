@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
 
 from llgbm.core.cli import add_debug
+from llgbm.core.timing import machine
 from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home
 from llgbm.notebook.report import reports_root, write_report
 
@@ -161,18 +161,6 @@ def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
              for i, c in enumerate(nb["cells"])
              if c["cell_type"] == "code" and c.get("metadata", {}).get("papermill", {}).get("duration") is not None]
     return sorted(cells, key=lambda c: -c["seconds"])[:top]
-
-
-def machine() -> str:
-    """The CPU a run timed on ("AMD EPYC, 2 CPUs"): runs on other machines are not comparable, and
-    their float results can differ in the last bits (other matmul kernels)."""
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs"
 
 
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
