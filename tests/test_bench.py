@@ -75,6 +75,8 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
         assert path in text, path
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["peak_flops_per_s"] > 0
+    from llgbm.core.timing import machine
+    assert result["machine"] == machine() and f"on {machine()})" in text           # issue 30: the CPU is named
     assert all(p["flops"] > 0 and p["seconds"] > 0 and 0 < p["fraction of peak"] for p in result["paths"])
     assert "matmul (GEMM)" in text
     compiled = [p for p in result["paths"] if p["name"].endswith(", compiled")]

@@ -78,8 +78,10 @@ def _study(em_front, speed=(300.0, 290.0, 310.0)):
                        "svdllm+alloc 20%": dict(median=speed[0], min=speed[1], max=speed[2], params=850, rss_after_mb=420.0,
                                                 rss_peak_mb=800.0)}).T
     dense = np.array([1.0, 0.0] * 64)
+    corpora = pd.DataFrame(dict(stdlib_docstrings_ratio=[1.0, 1.5], stdlib_docstrings=[30.0, 45.0]),
+                           index=["dense", "svdllm+alloc 20% recovered"])
     return dict(curve=pd.DataFrame(dict(step=[0, 40], kl=[np.nan, 0.1], ppl=[40.0, 32.0])), sm=sm, names=["a", "b"],
-                em={"dense": dense, "svdllm+alloc 20% recovered": em_front}, recovered="svdllm+alloc 20% recovered")
+                em={"dense": dense, "svdllm+alloc 20% recovered": em_front}, recovered="svdllm+alloc 20% recovered", corpora=corpora)
 
 
 def test_frontier_rows_are_computed_from_the_numbers():
@@ -89,7 +91,7 @@ def test_frontier_rows_are_computed_from_the_numbers():
     m = ledger.frontier_metrics(front, same, ppl_dense=25.0, n_boot=200)
     assert m["front_recovered_ppl_ratio_20"] == pytest.approx(32 / 25) and m["front_removed_all_params"] == pytest.approx(0.15)
     rows = {r[0].split()[1 if r[0].startswith("≤") else 0]: r for r in ledger.frontier_claims(m, front, same["recovered"])}
-    assert rows["1.30×"][2] == "met" and "1.60× before recovery, 1.28× after 40" in rows["1.30×"][3]
+    assert rows["1.30×"][2] == "met" and "1.60× before recovery, 1.28× after 40" in rows["1.30×"][3] and "docstrings) 1.50×" in rows["1.30×"][3]
     assert rows["Factored"][2] == "met" and "beyond the repeats' spread" in rows["Factored"][3]
     assert rows["Task"][2] == "met"
     worse = _study(np.zeros(128), speed=(270.0, 260.0, 290.0))          # every answer lost; slower within noise
@@ -100,3 +102,20 @@ def test_frontier_rows_are_computed_from_the_numbers():
     assert "outside the 1.30× target" in ledger.frontier_verdict(m, front, worse["recovered"])
     table = ledger.task_table(worse["names"], worse["em"])
     assert table.loc["all (128 items)", "dense"] == 0.5 and table.loc["a", "svdllm+alloc 20% recovered"] == 0.0
+
+
+def test_the_second_corpus_is_real_prose_apart_from_the_pydoc_topics(real_home):
+    from pydoc_data.topics import topics
+
+    from llgbm.core.models import load_tokenizer
+    docs = lm.stdlib_docstrings()
+    assert len(docs) > 50 and all(len(d) >= 200 for d in docs)
+    assert any(d.startswith("Thread-local objects.") for d in docs)                 # _threading_local's docstring
+    assert not any("test" in d[:40].lower() and "regression" in d[:80].lower() for d in docs)   # tests left out
+    pydoc = "\n".join(topics.values())
+    assert sum(d[:200] in pydoc for d in docs) < len(docs) // 10                      # a different text, not the same one
+    tok = load_tokenizer("smollm2")
+    w = lm.docstring_windows(tok, 8, 64)
+    assert w.shape == (8, 64) and torch.equal(w, lm.docstring_windows(tok, 8, 64))   # deterministic
+    with pytest.raises(ValueError, match="fewer than 100000 windows"):
+        lm.docstring_windows(tok, 100000, 64)

@@ -1,7 +1,8 @@
 """Issue 29's measurements of notebook 11's frontier (the lowest-perplexity method at 20%), cached as the
 grid is (`lab.cached`): recovery by distillation as a curve over steps (`recovery_curve`, its model saved),
 speed and resident memory of saved compressed models at every ratio (`speed_memory`), and exact match on
-the lab's tasks (`task_table`); `study` runs the three for the notebook."""
+the lab's tasks (`task_table`), perplexity on a second corpus (`second_corpus`); `study` runs them for
+the notebook."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from geomlib.calabi import recover, store
 from geomlib.calabi.lab import (CACHE_VERSION, CalabiConfig, cache_file, cached, cell_key, compressed, compressed_folder,
-                                save_whole)
+                                dense_reference, measure_key, save_whole)
 from llgbm.core import models
 from llgbm.core.timing import machine
 from llgbm.core.utils import config_hash, llgbm_home
@@ -86,10 +87,11 @@ def task_table(model_name: str, dense, tok, named: dict, cfg: CalabiConfig) -> t
 
 
 def study(model_name: str, dense, tok, stats, calib_ids: torch.Tensor, eval_ids: torch.Tensor, cfg: CalabiConfig,
-                   front, best) -> dict:
+          front, best) -> dict:
     """Issue 29's measurements of the frontier cell `front` (a grid row at 20%), beside the best uniform one
     `best`: {curve: `recovery_curve`, sm: `speed_memory`, names and em: `task_table` of dense, the frontier
-    before and after recovery and `best`, recovered: the recovered model's name in em}."""
+    before and after recovery and `best`, recovered: the recovered model's name in em, corpora:
+    `second_corpus` of the same models}."""
     curve = recovery_curve(model_name, dense, front.method, front.ratio, stats, calib_ids, eval_ids, cfg)
     sm = speed_memory(model_name, dense, stats, eval_ids, cfg, front.method)
     recovered = f"{front.method} {front.ratio:.0%} recovered"
@@ -97,4 +99,21 @@ def study(model_name: str, dense, tok, stats, calib_ids: torch.Tensor, eval_ids:
              recovered: recovered_folder(model_name, front.method, front.ratio, cfg),
              f"{best.method} {best.ratio:.0%}": compressed_folder(model_name, best.ratio, best.method, stats, cfg)}
     names, em = task_table(model_name, dense, tok, named, cfg)
-    return dict(curve=curve, sm=sm, names=names, em=em, recovered=recovered)
+    ppl = {"dense": dense_reference(model_name, dense, eval_ids, cfg)[0], f"{front.method} {front.ratio:.0%}": float(front.ppl),
+           recovered: float(curve.ppl.iloc[-1]), f"{best.method} {best.ratio:.0%}": float(best.ppl)}
+    corpora = second_corpus(model_name, dense, tok, named, cfg, ppl)
+    return dict(curve=curve, sm=sm, names=names, em=em, recovered=recovered, corpora=corpora)
+
+
+def second_corpus(model_name: str, dense, tok, named: dict, cfg: CalabiConfig, pydoc_ppl: dict) -> pd.DataFrame:
+    """Held-out perplexity of dense and of each `named` folder on the pydoc topics (`pydoc_ppl`, measured
+    before) and on a second corpus, the standard library's module docstrings (`lm.docstring_windows`,
+    `eval_windows` windows), with both as ratios to dense. Cached per model."""
+    ids = lm.docstring_windows(tok, cfg.eval_windows, cfg.window)
+    rows = {}
+    for name, folder in {"dense": None, **named}.items():
+        key = dict(measure_key(model_name, cfg), corpus="stdlib docstrings", folder=None if folder is None else folder.name)
+        row = cached("corpus", key, lambda f=folder: dict(ppl=lm.perplexity(dense if f is None else store.load_compressed(f), ids)[0]))
+        rows[name] = dict(pydoc_topics=pydoc_ppl[name], stdlib_docstrings=row["ppl"])
+    out = pd.DataFrame(rows).T
+    return out.assign(**{f"{c}_ratio": out[c] / out.loc["dense", c] for c in ("pydoc_topics", "stdlib_docstrings")})

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llgbm.bench import hotpaths  # lazy: --help and argument errors answer before torch loads
     from llgbm.core.tasks import get_task  # lazy: as above
-    from llgbm.core.timing import measure_matmul_peak  # lazy: as above
+    from llgbm.core.timing import machine, measure_matmul_peak  # lazy: as above
     from llgbm.core.utils import atomic_write_bytes, atomic_write_json  # lazy: as above
     from llgbm.lab.experiment import GeneratorLab  # lazy: as above
     from llgbm.notebook.report import reports_root  # lazy: as above
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else reports_root() / args.profile / "bench.md"
     table = pd.DataFrame([p.row(peak) for p in paths]).set_index("hot path")
     text = "\n\n".join([
-        f"# Hot paths ({args.profile}, {lab.model_name}, {threads} threads)",
+        f"# Hot paths ({args.profile}, {lab.model_name}, {threads} threads, on {machine()})",
         f"fp32 matmul peak measured in this run: **{peak / 1e9:.0f} GFLOP/s** (best of 2048² matmuls, before and "
         f"after the paths). FLOPs are counted by torch's FlopCounterMode (matmuls and attention, padding included); "
         f"\"useful\" keeps only the real tokens' share. Median of {args.repeats} calls. Written by "
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cells.to_markdown(floatfmt=".3g") if len(cells) else "(no executed notebooks)",
     ]) + "\n"
     atomic_write_bytes(out, text.encode())
-    atomic_write_json(out.with_suffix(".json"), dict(profile=args.profile, model=lab.model_name, threads=threads,
+    atomic_write_json(out.with_suffix(".json"), dict(profile=args.profile, model=lab.model_name, threads=threads, machine=machine(),
                                                      **hotpaths.as_json(paths, peak),
                                                      **({} if runs is None else {"teacher_runs": runs.reset_index().to_dict("records")})))
     print(text)

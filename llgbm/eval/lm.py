@@ -1,5 +1,6 @@
 """Language-model measurements shared by the geomlib notebooks: token windows from Python's own
-documentation (pydoc_data topics, offline English prose) for perplexity of a pretrained model, and
+documentation (pydoc_data topics, offline English prose; the standard library's module docstrings as a
+second corpus) for perplexity of a pretrained model, and
 the same text as a small corpus for models trained from scratch (notebooks 12 and 13)."""
 from __future__ import annotations
 
@@ -21,6 +22,46 @@ def pydoc_windows(tokenizer, split: str, n_windows: int, window: int = 128) -> t
     ids = tokenizer("\n\n".join(topics[k] for k in keys), add_special_tokens=False).input_ids
     if len(ids) < n_windows * window:
         raise ValueError(f"the {split} text has {len(ids)} tokens, fewer than {n_windows} windows of {window}")
+    return torch.tensor(ids[: n_windows * window]).view(n_windows, window)
+
+
+DOCSTRING_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__phello__", "tkinter", "ensurepip")
+
+
+def stdlib_docstrings(min_chars: int = 200) -> list[str]:
+    """The module docstrings of this Python's standard library (files sorted by path; tests, IDLE,
+    tkinter and installed packages left out; docstrings under `min_chars` dropped): a second offline
+    English text, written apart from the pydoc topics. Each file is read only up to its first statement."""
+    import ast
+    import inspect
+    import os
+    import sysconfig
+    import tokenize
+    from pathlib import Path
+    files = []
+    for folder, subs, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subs[:] = [d for d in subs if d not in DOCSTRING_SKIP]          # pruned, not walked: site-packages is large
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
+    docs = []
+    for path in sorted(files):
+        try:
+            with tokenize.open(path) as f:
+                first = next(t for t in tokenize.generate_tokens(f.readline)
+                             if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENCODING))
+            doc = inspect.cleandoc(ast.literal_eval(first.string)) if first.type == tokenize.STRING else ""
+        except (SyntaxError, UnicodeDecodeError, ValueError, StopIteration, tokenize.TokenError):
+            continue
+        if isinstance(doc, str) and len(doc) >= min_chars:
+            docs.append(doc)
+    return docs
+
+
+def docstring_windows(tokenizer, n_windows: int, window: int = 128) -> torch.Tensor:
+    """(n_windows, window) token ids of `stdlib_docstrings`: evaluation text from a second corpus, so a
+    perplexity calibrated on pydoc topics is not measured in-domain only."""
+    ids = tokenizer("\n\n".join(stdlib_docstrings()), add_special_tokens=False).input_ids
+    if len(ids) < n_windows * window:
+        raise ValueError(f"the stdlib docstrings have {len(ids)} tokens, fewer than {n_windows} windows of {window}")
     return torch.tensor(ids[: n_windows * window]).view(n_windows, window)
 
 
