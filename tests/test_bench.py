@@ -65,7 +65,7 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     out = tmp_path / "bench.md"
-    run = subprocess.run([sys.executable, "-m", "llgbm.bench", "--profile", "smoke", "--repeats", "1", "--compile", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "llgbm.bench", "--profile", "smoke", "--repeats", "1", "--compile", "--peers", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
@@ -77,6 +77,14 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
     assert result["peak_flops_per_s"] > 0
     from llgbm.core.timing import machine
     assert result["machine"] == machine() and f"on {machine()})" in text           # issue 30: the CPU is named
+    assert "## Peers: the tools a user would use instead" in text                   # issue 30: both sides, and the ratio
+    teacher = {r["index"]: r for r in result["peer_teacher"]}
+    assert set(teacher) == {"zoo loop", "Trainer + peft", "ratio (zoo / Trainer)"} and teacher["zoo loop"]["tokens_per_s"] > 0
+    assert teacher["zoo loop"]["final_loss"] == pytest.approx(teacher["Trainer + peft"]["final_loss"], rel=1e-3)
+    assert {r["adapters"] for r in result["peer_scoring"]} == {4} and all(r["max_abs_diff"] < 1e-4 for r in result["peer_scoring"])
+    generation = {r["index"]: r for r in result["peer_generation"]}
+    assert generation["one teacher (training)"]["seconds"] == teacher["zoo loop"]["seconds"]
+    assert all(r["seconds"] > 0 for r in generation.values()) and "write peft folder" in generation
     assert all(p["flops"] > 0 and p["seconds"] > 0 and 0 < p["fraction of peak"] for p in result["paths"])
     assert "matmul (GEMM)" in text
     compiled = [p for p in result["paths"] if p["name"].endswith(", compiled")]

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_debug(p)
     p.add_argument("--compile", action="store_true",
                    help="also time the training paths (a zoo step, a kd generator step) under torch.compile")
+    p.add_argument("--peers", action="store_true",
+                   help="also time the tools a user would use instead: Trainer + peft for a teacher, peft's mixed-batch "
+                        "and one-at-a-time scoring of 4/8/16 adapters, and a generated adapter end to end against a teacher")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         paths += hotpaths.compiled_paths(lab, args.repeats)
         runs = hotpaths.teacher_runs(lab, lab.training_tasks[:3], peak)
+    peer = None
+    if args.peers:
+        from llgbm.bench import peers  # lazy: as above
+        peer = peers.peer_tables(lab, items=8 if args.profile == "smoke" else 64, repeats=max(3, args.repeats))
     peak = max(peak, measure_matmul_peak())       # the peak before and after: the better one
     if runs is not None:
         runs["fraction of peak"] = runs["model GFLOP/s"] * 1e9 / peak
@@ -69,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
             "per token, plus the head at answer positions). The first compiled run pays the compile, and a recompile "
             "when a second batch length shows up.",
             runs.to_markdown(floatfmt=".3g")]),
+        *([] if peer is None else [
+            "## Peers: the tools a user would use instead (same model, data, threads; one after the other in this process)",
+            "One teacher, the zoo's loop against transformers' Trainer + peft (same LoRA init, batches in the same order, "
+            "AdamW, warmup, no clipping): tokens/s of real tokens and the mean loss of the last 5 steps.",
+            peer["teacher"].to_markdown(floatfmt=".4g"),
+            "Scoring K adapters on the same test items (gold log-likelihood): our shared forwards against peft's mixed batch "
+            "(`adapter_names=`) and peft one adapter at a time; items/s counts items × adapters, max_abs_diff is the largest "
+            "score difference from ours.",
+            peer["scoring"].to_markdown(floatfmt=".4g"),
+            "A generated adapter (prompts to a peft folder on disk) against training the teacher above: seconds, and how many "
+            "times cheaper than that teacher.",
+            peer["generation"].to_markdown(floatfmt=".4g")]),
         "## Where a zoo training step spends its time (torch.profiler, self CPU time per step)",
         kinds.to_markdown(floatfmt=".3g"), ops.to_markdown(floatfmt=".3g"),
         f"## Where the last {args.profile} suite run spent its minutes",
@@ -80,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out, text.encode())
     atomic_write_json(out.with_suffix(".json"), dict(profile=args.profile, model=lab.model_name, threads=threads, machine=machine(),
                                                      **hotpaths.as_json(paths, peak),
-                                                     **({} if runs is None else {"teacher_runs": runs.reset_index().to_dict("records")})))
+                                                     **({} if runs is None else {"teacher_runs": runs.reset_index().to_dict("records")}),
+                                                     **({} if peer is None else {f"peer_{k}": v.reset_index().to_dict("records")
+                                                                                 for k, v in peer.items()})))
     print(text)
     print(f"[llgbm.bench] wrote {out}")
     return 0
