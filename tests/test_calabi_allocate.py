@@ -159,3 +159,23 @@ def test_refit_to_dense_undoes_upstream_error(tiny):
         assert n == 14 and after[0] < 0.8 * before[0], (method, before, after)
         if method == "plain":
             assert after[1] < 0.9 * before[1], (before, after)
+
+
+def test_allocation_by_type_keeps_each_kind_at_the_ratio_and_moves_rank_across_depth_only():
+    def spec(decay):
+        return al.tail_losses(3.0 * torch.exp(-decay * torch.arange(32, dtype=torch.float64)))
+    layers = {f"layers.{i}.{kind}": dict(m=48, n=32, losses=spec(decay * (i + 1)))
+              for i in range(3) for kind, decay in (("q_proj", 0.05), ("down_proj", 0.5))}
+    fast = {(48, 32): al.max_saving_rank(48, 32)}
+    ranks = al.allocate_by_type(layers, 0.3, fast)
+    for kind in ("q_proj", "down_proj"):
+        group = {k: d for k, d in layers.items() if k.endswith(kind)}
+        used = al.allocated_params(group, {k: ranks[k] for k in group})
+        assert al.budget_for(group, 0.3) - al.factored_params(48, 32, 1) < used <= al.budget_for(group, 0.3)
+    # within a kind, the layer whose spectrum falls slowest (layers.0) keeps the most rank (dense: all of it)
+    kept = {k: float("inf") if r is None else r for k, r in ranks.items()}
+    assert kept["layers.0.q_proj"] >= kept["layers.1.q_proj"] >= kept["layers.2.q_proj"]
+    assert kept["layers.0.down_proj"] >= kept["layers.1.down_proj"] >= kept["layers.2.down_proj"]
+    # across all layers at once, the greedy hands q_proj's budget to down_proj's easier spectra, or the reverse
+    together = al.allocate(layers, al.budget_for(layers, 0.3), fast)
+    assert together != ranks

@@ -119,3 +119,19 @@ def test_the_second_corpus_is_real_prose_apart_from_the_pydoc_topics(real_home):
     assert w.shape == (8, 64) and torch.equal(w, lm.docstring_windows(tok, 8, 64))   # deterministic
     with pytest.raises(ValueError, match="fewer than 100000 windows"):
         lm.docstring_windows(tok, 100000, 64)
+
+
+def test_each_lever_is_judged_against_the_method_it_builds_on():
+    m = dict(ppl_dense=20.0, eval_tokens=4096.0, ppl_svdllm_20=60.0, ppl_svdllm_alloc_20=105.0, ppl_svdllm_alloc_type_20=58.0,
+             ppl_asvd_20=1950.0, ppl_asvd_update_20=170.0)
+    rows = ledger.lever_claims(m)
+    assert [r[2] for r in rows] == ["refuted", "inconclusive (within 5%)", "supported"]
+    assert "svdllm+alloc perplexity 105.00 (5.25× dense) vs svdllm 60.00 (3.00×)" in rows[0][3]
+    del m["ppl_svdllm_alloc_20"]                                        # an infeasible budget: no cell
+    assert ledger.lever_claims(m)[0][2] == "not measured"
+    front = pd.Series(dict(method="svdllm+alloc", ratio=0.2, ppl=58.0, removed=0.2, layers=210))
+    m |= ledger.frontier_metrics(front, _study(np.array([1.0, 0.0] * 64)) | dict(recovered="svdllm+alloc 20% recovered"),
+                                 ppl_dense=20.0, n_boot=100)
+    text = ledger.frontier_verdict(m, front, "svdllm+alloc 20% recovered")
+    assert text.startswith("Issue 29's levers at 20%: svdllm+alloc-type 2.90× against svdllm 3.00×; asvd+update 8.50× against asvd")
+    assert "The frontier, the lowest perplexity of all methods at 20%, is svdllm+alloc: 2.90× dense" in text

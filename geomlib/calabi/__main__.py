@@ -17,7 +17,7 @@ import sys
 from llgbm.core import cli
 
 WEIGHT_ONLY = ("plain", "energy_gap")      # the methods of geomlib.calabi.svd.METHODS that need no calibration text
-ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc")   # lab.ALL_METHODS (a test checks)
+ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc", "svdllm+alloc-type")   # lab's (tested)
 
 
 def parse(argv: list[str]):

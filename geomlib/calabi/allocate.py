@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llgbm.core.timing import median_time
@@ -62,7 +63,7 @@ def gemm_seconds(m: int, n: int, r: int | None, tokens: int = 256, repeats: int 
         fn = lambda: x @ w.T   # noqa: E731
     else:
         v, s, u = torch.randn(n, r, generator=g), torch.randn(r, generator=g), torch.randn(m, r, generator=g)
-        fn = lambda: ((x @ v) * s) @ u.T   # noqa: E731
+        fn = lambda: F.linear(F.linear(x, (v * s).T), u)   # noqa: E731  (OptimizedCalabiYauLinear.forward's kernels)
     return median_time(fn, repeats)
 
 
@@ -131,6 +132,25 @@ def allocate(layers: dict[str, dict], budget: int, fast: dict[tuple[int, int], i
     return rank
 
 
+def layer_type(name: str) -> str:
+    """The kind of a layer, from its name's last part ("model.layers.3.self_attn.q_proj" -> "q_proj")."""
+    return name.rsplit(".", 1)[-1]
+
+
+def allocate_by_type(layers: dict[str, dict], ratio: float, fast: dict[tuple[int, int], int]) -> dict[str, int | None]:
+    """`allocate` within each kind of layer (`layer_type`: all q_proj together, all down_proj together, …),
+    each kind at `ratio` of its own parameters, as SVD-LLM v2 allocates within groups of one type: the
+    whitened losses of one kind share their units (one shape, one place in the block), so the greedy
+    trade moves rank across depth only, while the mix of kinds stays what uniform ranks give."""
+    groups: dict[str, dict] = {}
+    for name, d in layers.items():
+        groups.setdefault(layer_type(name), {})[name] = d
+    ranks = {}
+    for group in groups.values():
+        ranks |= allocate(group, budget_for(group, ratio), fast)
+    return ranks
+
+
 def allocated_params(layers: dict[str, dict], ranks: dict[str, int | None]) -> int:
     return sum(d["m"] * d["n"] if ranks[k] is None else factored_params(d["m"], d["n"], ranks[k]) for k, d in layers.items())
 
@@ -184,14 +204,16 @@ def spectra(model: nn.Module, calib: dict, min_features: int = 128, skip: tuple[
 
 
 def compress_allocated(model: nn.Module, ratio: float, calib: dict, fast: dict | None = None, update: bool = False,
-                       min_features: int = 128, progress: bool = False, decompositions: dict | None = None) -> dict[str, int | None]:
+                       min_features: int = 128, progress: bool = False, decompositions: dict | None = None,
+                       by_type: bool = False) -> dict[str, int | None]:
     """Compress `model` in place at `ratio` of its targeted linears' parameters removed, each layer at the
     rank `allocate` gives it (svdllm factors; dense where factorising is not faster, `fast` as from
-    `fast_ranks`, measured here when None). With `update`, each kept U is refitted in closed form to the
-    calibration Gram (`update_layer`). `decompositions` as in `spectra`. Returns {layer: rank or None (dense)}."""
+    `fast_ranks`, measured here when None). `by_type`: allocate within each kind of layer (`allocate_by_type`)
+    rather than across all. With `update`, each kept U is refitted in closed form to the calibration Gram
+    (`update_layer`). `decompositions` as in `spectra`. Returns {layer: rank or None (dense)}."""
     layers = spectra(model, calib, min_features, decompositions=decompositions)
     fast = fast if fast is not None else fast_ranks([(d["m"], d["n"]) for d in layers.values()])
-    ranks = allocate(layers, budget_for(layers, ratio), fast)
+    ranks = allocate_by_type(layers, ratio, fast) if by_type else allocate(layers, budget_for(layers, ratio), fast)
     for name in tqdm([k for k, r in ranks.items() if r is not None], desc=f"compress (allocated, {ratio:.0%})",
                      unit="layer", disable=not progress, leave=False):
         parent_name, _, child = name.rpartition(".")

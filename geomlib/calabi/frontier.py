@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geomlib.calabi import recover, store
+from geomlib.calabi import recover, store, svd
 from geomlib.calabi.lab import (CACHE_VERSION, CalabiConfig, cache_file, cached, cell_key, compressed, compressed_folder,
                                 dense_reference, measure_key, save_whole)
 from llgbm.core import models
@@ -40,7 +40,7 @@ def speed_memory(model_name: str, dense, stats, eval_ids: torch.Tensor, cfg: Cal
                               rss_peak_mb=rss["peak"] - base["peak"])
         return rows
     key = dict(cell_key(model_name, cfg, method, 0.2), ratios=list(cfg.ratios), repeats=cfg.speed_repeats,
-               windows=cfg.speed_windows, machine=machine())
+               windows=cfg.speed_windows, machine=machine(), forward=svd.FORWARD)
     return pd.DataFrame(cached("speed-memory", key, measure)).T
 
 

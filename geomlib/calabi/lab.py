@@ -25,10 +25,12 @@ from llgbm.eval import lm
 
 # Issue 29's methods, beside the seed's and the baselines of `svd.METHODS`: ASVD truncation followed by
 # SVD-LLM's closed-form update of U (`allocate.update_factors`), and SVD-LLM whitening with per-layer rank
-# allocation at the same global budget, dense where factorising is not faster here (`allocate.compress_allocated`).
-NEW_METHODS = ("asvd+update", "svdllm+alloc")
-ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc")   # grouped by factorisation
-KIND_OF = svd.DECOMPOSITION_OF | {"asvd+update": "asvd", "svdllm+alloc": "svdllm"}   # the factorisation each truncates
+# allocation at the same budget, dense where factorising is not faster here (`allocate.compress_allocated`):
+# across all layers by whitened loss (`+alloc`), or within each kind of layer (`+alloc-type`, SVD-LLM v2's groups).
+NEW_METHODS = ("asvd+update", "svdllm+alloc", "svdllm+alloc-type")
+ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc", "svdllm+alloc-type")   # grouped by factorisation
+KIND_OF = svd.DECOMPOSITION_OF | {"asvd+update": "asvd", "svdllm+alloc": "svdllm", "svdllm+alloc-type": "svdllm"}   # what each truncates
+ALLOCATED = ("svdllm+alloc", "svdllm+alloc-type")
 
 
 @dataclass
@@ -105,7 +107,7 @@ def fast_ranks(model_name: str, cfg: CalabiConfig) -> dict[tuple[int, int], int]
                      if isinstance(m, torch.nn.Linear) and min(m.in_features, m.out_features) >= cfg.min_features
                      and not name.endswith("lm_head")})
     tokens = cfg.speed_windows * cfg.window
-    key = dict(shapes=shapes, tokens=tokens, machine=machine(), threads=torch.get_num_threads())
+    key = dict(shapes=shapes, tokens=tokens, machine=machine(), threads=torch.get_num_threads(), forward=svd.FORWARD)
     row = cached("fast-ranks", key, lambda: {f"{m}x{n}": r for (m, n), r in
                                              allocate.fast_ranks(shapes, lambda m, n, r: allocate.gemm_seconds(m, n, r, tokens)).items()})
     return {tuple(map(int, k.split("x"))): r for k, r in row.items()}
@@ -114,7 +116,7 @@ def fast_ranks(model_name: str, cfg: CalabiConfig) -> dict[tuple[int, int], int]
 def cell_key(model_name: str, cfg: CalabiConfig, method: str, ratio: float) -> dict:
     """What one compressed model depends on; an allocated one also on this machine's fast ranks."""
     key = dict(measure_key(model_name, cfg), method=check_method(method), ratio=float(ratio))
-    return key | (dict(fast=sorted(fast_ranks(model_name, cfg).items())) if method == "svdllm+alloc" else {})
+    return key | (dict(fast=sorted(fast_ranks(model_name, cfg).items())) if method in ALLOCATED else {})
 
 
 def check_method(method: str) -> str:
@@ -128,9 +130,9 @@ def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiCon
     `ratio`; returns (model, number of layers factorised). `decompositions` carries each layer's
     factorisation from one ratio to the next (see `OptimizedCYModelUtils.replace_linear_layers`)."""
     model, _ = models.load_model(model_name, device="cpu")
-    if check_method(method) == "svdllm+alloc":
+    if check_method(method) in ALLOCATED:
         ranks = allocate.compress_allocated(model, ratio, stats, fast_ranks(model_name, cfg), min_features=cfg.min_features,
-                                            decompositions=decompositions)
+                                            decompositions=decompositions, by_type=method == "svdllm+alloc-type")
         return model, sum(r is not None for r in ranks.values())
     base = method.removesuffix("+update")
     n = OptimizedCYModelUtils.replace_linear_layers(model, ratio, min_features=cfg.min_features, method=base,
@@ -192,6 +194,7 @@ def speed_check(model_name: str, dense, stats, eval_ids: torch.Tensor, cfg: Cala
         models_ = {"dense": dense} | {m: compressed(model_name, ratio, m, stats, cfg)[0] for m in methods}
         return lm.interleaved_speed(models_, eval_ids[:cfg.speed_windows], cfg.speed_repeats).to_dict("index")
     key = dict(measure_key(model_name, cfg), methods=methods, ratio=ratio, repeats=cfg.speed_repeats, windows=cfg.speed_windows)
+    key |= dict(forward=svd.FORWARD, machine=machine())      # timings of today's kernels, on this machine
     return pd.DataFrame(cached("speed", key, measure)).T
 
 

@@ -2,6 +2,8 @@
 grid (so the wording follows each run's numbers, never the other way round)."""
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -35,6 +37,11 @@ def perplexity_figure(res: pd.DataFrame, ppl_dense: float):
            title="Which compression keeps perplexity near dense?")
     ax.legend(fontsize=8)
     return ax.figure
+
+
+def metric_key(name: str) -> str:
+    """A model's name as a metric-name part: "svdllm+alloc-type 20% recovered" -> "svdllm_alloc_type_20_recovered"."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
 
 
 def best_at_20(res: pd.DataFrame, methods=svd.METHODS) -> pd.Series:
@@ -96,21 +103,42 @@ def frontier_metrics(front: pd.Series, study: dict, *, ppl_dense: float, n_boot:
     for name, v in em.items():
         if name != "dense":
             ci = stats.hier_difference(v, em["dense"], sizes, n_boot=n_boot)
-            key = name.replace("+", "_").replace(" ", "_")
+            key = metric_key(name)
             out |= {f"em_{key}": float(v.mean()), f"em_diff_{key}": ci.mean, f"em_diff_{key}_lo": ci.lo, f"em_diff_{key}_hi": ci.hi}
     return out
+
+
+LEVERS = (("svdllm+alloc", "svdllm"), ("svdllm+alloc-type", "svdllm"), ("asvd+update", "asvd"))   # (issue 29's method, its base)
+
+
+def lever_claims(m: dict) -> list[tuple[str, str, str, str]]:
+    """Does each lever of issue 29 lower perplexity at 20% against the method it builds on? One deterministic
+    compression each (no seeds): supported or refuted when they differ by more than 5%, else inconclusive."""
+    what = {"svdllm+alloc": "Per-layer rank allocation across all layers (by whitened loss) beats uniform ranks at the same budget",
+            "svdllm+alloc-type": "Per-layer rank allocation within each kind of layer (SVD-LLM v2's groups) beats uniform ranks",
+            "asvd+update": "SVD-LLM's closed-form update of U lowers ASVD's perplexity"}
+    rows = []
+    for new, old in LEVERS:
+        a, b = m.get(f"ppl_{metric_key(new)}_20"), m.get(f"ppl_{old}_20")
+        if a is None or b is None:
+            rows.append((what[new], "issue 29", "not measured", f"no {new} or {old} cell at 20% (an infeasible budget leaves none)"))
+            continue
+        verdict = "supported" if a < b / 1.05 else ("refuted" if a > b * 1.05 else "inconclusive (within 5%)")
+        rows.append((what[new], "issue 29", verdict, f"at 20% removed: {new} perplexity {a:.2f} ({a / m['ppl_dense']:.2f}× dense) vs "
+                     f"{old} {b:.2f} ({b / m['ppl_dense']:.2f}×), on {m['eval_tokens']:.0f} held-out tokens (one deterministic compression each)"))
+    return rows
 
 
 def frontier_claims(m: dict, front: pd.Series, recovered: str) -> list[tuple[str, str, str, str]]:
     """One ledger row per goal of issue 29, met or not, from `frontier_metrics`; `recovered` names the
     task-table model that is the recovered frontier."""
-    key = recovered.replace("+", "_").replace(" ", "_")
+    key = metric_key(recovered)
     ratio, rec = m["front_ppl_ratio_20"], m["front_recovered_ppl_ratio_20"]
     speed_noise = ("beyond the repeats' spread" if m["front_speed_min_20"] > m["dense_speed_max"] or m["front_speed_max_20"] < m["dense_speed_min"]
                    else "within the repeats' spread")
     diff, lo, hi = m[f"em_diff_{key}"], m[f"em_diff_{key}_lo"], m[f"em_diff_{key}_hi"]
     em_verdict = "met" if lo >= -0.03 else ("not met" if hi < -0.03 else "inconclusive")
-    return [
+    return lever_claims(m) + [
         ("≤ 1.30× dense perplexity at 20% removed, recovery fine-tuning included", "issue 29",
          "met" if rec <= TARGET else "not met",
          f"{front.method}: {ratio:.2f}× before recovery, {rec:.2f}× after {m['front_recover_steps']:.0f} distillation steps; "
@@ -133,7 +161,7 @@ def metrics(res: pd.DataFrame, best: pd.Series, mini: pd.DataFrame, *, ppl_dense
     energy_gap method at its ratio), fine-tuning recovery and MiniLM cosines."""
     out = dict(ppl_dense=ppl_dense, tokens_per_s_dense=tps_dense, params_dense=params_dense)
     done = res.dropna(subset=["ppl"])          # an allocation whose budget was infeasible has no cell
-    name = lambda r: f"{r.method.replace('+', '_')}_{int(round(r.ratio * 100))}"   # noqa: E731
+    name = lambda r: metric_key(f"{r.method}_{int(round(r.ratio * 100))}")   # noqa: E731
     out.update({f"ppl_{name(r)}": r.ppl for r in done.itertuples()})
     out.update({f"params_{name(r)}": r.params for r in done.itertuples()})
     seed_ratio = float(res[(res.method == "energy_gap") & np.isclose(res.ratio, best.ratio)].ppl.iloc[0] / ppl_dense)
@@ -203,10 +231,13 @@ def verdict(m: dict, best: pd.Series) -> str:
 
 def frontier_verdict(m: dict, front: pd.Series, recovered: str) -> str:
     """Issue 29's sentence of the verdict, from `frontier_metrics`."""
-    key = recovered.replace("+", "_").replace(" ", "_")
+    key = metric_key(recovered)
     rec = m["front_recovered_ppl_ratio_20"]
-    return (f"With per-layer rank allocation and recovery (issue 29), {front.method} reaches {m['front_ppl_ratio_20']:.2f}× dense "
-            f"perplexity at 20%, {rec:.2f}× after {m['front_recover_steps']:.0f} distillation steps ({'within' if rec <= TARGET else 'outside'} "
+    levers = "; ".join(f"{new} {m[f'ppl_{metric_key(new)}_20'] / m['ppl_dense']:.2f}× against {old} {m[f'ppl_{old}_20'] / m['ppl_dense']:.2f}×"
+                       for new, old in LEVERS if f"ppl_{metric_key(new)}_20" in m and f"ppl_{old}_20" in m)
+    return (f"Issue 29's levers at 20%: {levers or 'none measured'}. The frontier, the lowest perplexity of all methods at 20%, is "
+            f"{front.method}: {m['front_ppl_ratio_20']:.2f}× dense perplexity, "
+            f"{rec:.2f}× after {m['front_recover_steps']:.0f} distillation steps ({'within' if rec <= TARGET else 'outside'} "
             f"the {TARGET:.2f}× target), runs at {m['front_speed_20']:.2f}× dense tokens/s, and scores {m[f'em_{key}']:.3f} exact match "
             f"against dense {m['em_dense']:.3f} ({m[f'em_diff_{key}']:+.3f} [{m[f'em_diff_{key}_lo']:+.3f}, {m[f'em_diff_{key}_hi']:+.3f}]).")
 

@@ -98,7 +98,7 @@ def exact_match(model, tokenizer, names: list[str], n_test: int, shots: int = 4)
 
 
 _RSS_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 what = sys.argv[1]
 if what != "-":
@@ -112,8 +112,8 @@ if what != "-":
         model(input_ids=torch.arange(1, 129)[None])
 else:
     import transformers, accelerate, safetensors  # noqa: F401  the interpreter with the same libraries loaded
-rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-print(json.dumps(dict(peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_kb=rss)))
+status = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(("VmRSS:", "VmHWM:"))}
+print(json.dumps(dict(peak_kb=status["VmHWM"], rss_kb=status["VmRSS"])))
 """
 
 
@@ -121,7 +121,8 @@ def rss_mb(what: str) -> dict[str, float]:
     """{peak, after}: resident memory (MB) of a fresh Python process that loads `what` and runs one 128-token
     forward, at its peak (loading included) and after the forward: `what` is a compressed-model folder,
     "preset:<name>" for a dense model, or "-" for the interpreter with the same libraries and no model
-    (the baseline to subtract). Linux only (/proc)."""
+    (the baseline to subtract). Linux only (/proc). The peak is the process's own high-water mark (VmHWM):
+    ru_maxrss would carry the parent's size across fork and exec."""
     out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(what)], capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"measuring the memory of {what} failed:\n{out.stderr[-2000:]}")
