@@ -179,3 +179,13 @@ def test_allocation_by_type_keeps_each_kind_at_the_ratio_and_moves_rank_across_d
     # across all layers at once, the greedy hands q_proj's budget to down_proj's easier spectra, or the reverse
     together = al.allocate(layers, al.budget_for(layers, 0.3), fast)
     assert together != ranks
+
+
+def test_relative_losses_are_scale_free():
+    layers = _layers()
+    scaled = {k: dict(d, losses=d["losses"] * (1000.0 if k == "easy" else 1.0)) for k, d in layers.items()}
+    fast = al.fast_ranks([(d["m"], d["n"]) for d in layers.values()], _timer)
+    budget = al.budget_for(layers, 0.3)
+    assert al.allocate(al.relative(scaled), budget, fast) == al.allocate(al.relative(layers), budget, fast)
+    assert al.allocate(scaled, budget, fast) != al.allocate(layers, budget, fast)       # raw losses follow the scale
+    assert all(float(d["losses"][0]) == 1.0 for d in al.relative(scaled).values())

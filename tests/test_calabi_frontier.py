@@ -125,7 +125,7 @@ def test_each_lever_is_judged_against_the_method_it_builds_on():
     m = dict(ppl_dense=20.0, eval_tokens=4096.0, ppl_svdllm_20=60.0, ppl_svdllm_alloc_20=105.0, ppl_svdllm_alloc_type_20=58.0,
              ppl_asvd_20=1950.0, ppl_asvd_update_20=170.0)
     rows = ledger.lever_claims(m)
-    assert [r[2] for r in rows] == ["refuted", "inconclusive (within 5%)", "supported"]
+    assert [r[2] for r in rows] == ["refuted", "inconclusive (within 5%)", "not measured", "supported"]
     assert "svdllm+alloc perplexity 105.00 (5.25× dense) vs svdllm 60.00 (3.00×)" in rows[0][3]
     del m["ppl_svdllm_alloc_20"]                                        # an infeasible budget: no cell
     assert ledger.lever_claims(m)[0][2] == "not measured"
@@ -135,3 +135,28 @@ def test_each_lever_is_judged_against_the_method_it_builds_on():
     text = ledger.frontier_verdict(m, front, "svdllm+alloc 20% recovered")
     assert text.startswith("Issue 29's levers at 20%: svdllm+alloc-type 2.90× against svdllm 3.00×; asvd+update 8.50× against asvd")
     assert "The frontier, the lowest perplexity of all methods at 20%, is svdllm+alloc: 2.90× dense" in text
+
+
+def test_every_number_of_the_rows_and_the_verdict_is_a_logged_metric():
+    from llgbm.notebook.cite import uncited
+    methods = lab.ALL_METHODS
+    res = pd.DataFrame(dict(method=[m for m in methods for _ in (0.2, 0.4)], ratio=[0.2, 0.4] * len(methods),
+                            ppl=[30.0 + 7 * i for i in range(2 * len(methods))], params=[8e7, 6e7] * len(methods),
+                            tokens_per_s=[300.0] * 2 * len(methods), layers=[210] * 2 * len(methods)))
+    res["removed"] = 1 - res.params / 1e8
+    best, front = ledger.best_at_20(res), ledger.best_at_20(res, lab.ALL_METHODS)
+    mini = pd.DataFrame(dict(method=["plain", "svdllm"], ratio=[0.2, 0.2], mean_cosine=[0.8, 0.95]))
+    timed = list(dict.fromkeys(["dense", best.method, "asvd", "svdllm"]))
+    speed = pd.DataFrame(dict(median=100.0 + np.arange(len(timed)), min=90.0 + np.arange(len(timed)), max=110.0 + np.arange(len(timed)),
+                              repeats=7, spread=0.2), index=timed)
+    m = ledger.metrics(res, best, mini, ppl_dense=20.0, tps_dense=100.0, params_dense=10**8, ppl_ft=25.0, ft_steps=20,
+                       eval_tokens=4096, calib_tokens=6144, speed=speed)
+    study = _study(np.array([1.0, 0.0] * 64))
+    study["sm"] = study["sm"].rename(index={"svdllm+alloc 20%": f"{front.method} 20%"})
+    study["corpora"] = study["corpora"].rename(index={"svdllm+alloc 20% recovered": f"{front.method} 20% recovered"})
+    study["em"] = {"dense": study["em"]["dense"], f"{front.method} 20% recovered": study["em"]["svdllm+alloc 20% recovered"]}
+    m |= ledger.frontier_metrics(front, study | dict(recovered=f"{front.method} 20% recovered"), ppl_dense=20.0, n_boot=100)
+    recovered = f"{front.method} 20% recovered"
+    for claim, _, verdict, evidence in ledger.claims(m, best) + ledger.frontier_claims(m, front, recovered):
+        assert uncited(verdict + " " + evidence, m) == [], claim
+    assert uncited(ledger.verdict(m, best) + " " + ledger.frontier_verdict(m, front, recovered), m) == []

@@ -17,7 +17,8 @@ import sys
 from llgbm.core import cli
 
 WEIGHT_ONLY = ("plain", "energy_gap")      # the methods of geomlib.calabi.svd.METHODS that need no calibration text
-ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc", "svdllm+alloc-type")   # lab's (tested)
+ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc", "svdllm+alloc-type",
+               "svdllm+alloc-rel")   # lab.ALL_METHODS (a test checks)
 
 
 def parse(argv: list[str]):

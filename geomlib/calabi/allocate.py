@@ -151,6 +151,13 @@ def allocate_by_type(layers: dict[str, dict], ratio: float, fast: dict[tuple[int
     return ranks
 
 
+def relative(layers: dict[str, dict]) -> dict[str, dict]:
+    """The layers with each one's losses divided by its whole whitened energy (losses[0] = Σσ²): the
+    fraction of its own output energy a truncation leaves, a scale-free loss. Raw whitened losses grow
+    with depth (the residual stream's scale) and differ by kind, so a greedy on them crushes early layers."""
+    return {k: dict(d, losses=d["losses"] / d["losses"][0].clamp_min(1e-300)) for k, d in layers.items()}
+
+
 def allocated_params(layers: dict[str, dict], ranks: dict[str, int | None]) -> int:
     return sum(d["m"] * d["n"] if ranks[k] is None else factored_params(d["m"], d["n"], ranks[k]) for k, d in layers.items())
 
@@ -205,15 +212,17 @@ def spectra(model: nn.Module, calib: dict, min_features: int = 128, skip: tuple[
 
 def compress_allocated(model: nn.Module, ratio: float, calib: dict, fast: dict | None = None, update: bool = False,
                        min_features: int = 128, progress: bool = False, decompositions: dict | None = None,
-                       by_type: bool = False) -> dict[str, int | None]:
+                       by_type: bool = False, scale_free: bool = False) -> dict[str, int | None]:
     """Compress `model` in place at `ratio` of its targeted linears' parameters removed, each layer at the
     rank `allocate` gives it (svdllm factors; dense where factorising is not faster, `fast` as from
     `fast_ranks`, measured here when None). `by_type`: allocate within each kind of layer (`allocate_by_type`)
-    rather than across all. With `update`, each kept U is refitted in closed form to the calibration Gram
+    rather than across all; `scale_free`: on each layer's losses relative to its own energy (`relative`).
+    With `update`, each kept U is refitted in closed form to the calibration Gram
     (`update_layer`). `decompositions` as in `spectra`. Returns {layer: rank or None (dense)}."""
     layers = spectra(model, calib, min_features, decompositions=decompositions)
     fast = fast if fast is not None else fast_ranks([(d["m"], d["n"]) for d in layers.values()])
-    ranks = allocate_by_type(layers, ratio, fast) if by_type else allocate(layers, budget_for(layers, ratio), fast)
+    scored = relative(layers) if scale_free else layers
+    ranks = allocate_by_type(scored, ratio, fast) if by_type else allocate(scored, budget_for(scored, ratio), fast)
     for name in tqdm([k for k, r in ranks.items() if r is not None], desc=f"compress (allocated, {ratio:.0%})",
                      unit="layer", disable=not progress, leave=False):
         parent_name, _, child = name.rpartition(".")

@@ -26,11 +26,12 @@ from llgbm.eval import lm
 # Issue 29's methods, beside the seed's and the baselines of `svd.METHODS`: ASVD truncation followed by
 # SVD-LLM's closed-form update of U (`allocate.update_factors`), and SVD-LLM whitening with per-layer rank
 # allocation at the same budget, dense where factorising is not faster here (`allocate.compress_allocated`):
-# across all layers by whitened loss (`+alloc`), or within each kind of layer (`+alloc-type`, SVD-LLM v2's groups).
-NEW_METHODS = ("asvd+update", "svdllm+alloc", "svdllm+alloc-type")
-ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm", "svdllm+alloc", "svdllm+alloc-type")   # grouped by factorisation
-KIND_OF = svd.DECOMPOSITION_OF | {"asvd+update": "asvd", "svdllm+alloc": "svdllm", "svdllm+alloc-type": "svdllm"}   # what each truncates
-ALLOCATED = ("svdllm+alloc", "svdllm+alloc-type")
+# across all layers by whitened loss (`+alloc`), within each kind of layer (`+alloc-type`, SVD-LLM v2's groups), or
+# across all layers by each layer's loss relative to its own whitened energy (`+alloc-rel`, scale-free).
+NEW_METHODS = ("asvd+update", "svdllm+alloc", "svdllm+alloc-type", "svdllm+alloc-rel")
+ALL_METHODS = ("plain", "energy_gap", "asvd", "asvd+update", "svdllm") + NEW_METHODS[1:]   # grouped by factorisation
+ALLOCATED = NEW_METHODS[1:]
+KIND_OF = svd.DECOMPOSITION_OF | {"asvd+update": "asvd"} | dict.fromkeys(ALLOCATED, "svdllm")   # what each truncates
 
 
 @dataclass
@@ -132,7 +133,8 @@ def compressed(model_name: str, ratio: float, method: str, stats, cfg: CalabiCon
     model, _ = models.load_model(model_name, device="cpu")
     if check_method(method) in ALLOCATED:
         ranks = allocate.compress_allocated(model, ratio, stats, fast_ranks(model_name, cfg), min_features=cfg.min_features,
-                                            decompositions=decompositions, by_type=method == "svdllm+alloc-type")
+                                            decompositions=decompositions, by_type=method == "svdllm+alloc-type",
+                                            scale_free=method == "svdllm+alloc-rel")
         return model, sum(r is not None for r in ranks.values())
     base = method.removesuffix("+update")
     n = OptimizedCYModelUtils.replace_linear_layers(model, ratio, min_features=cfg.min_features, method=base,

@@ -98,6 +98,7 @@ def frontier_metrics(front: pd.Series, study: dict, *, ppl_dense: float, n_boot:
                front_rss_peak_20=float(at20["rss_peak_mb"]), dense_rss_peak=float(d["rss_peak_mb"]),
                task_count=float(len(names)), task_items=float(len(em["dense"])), em_dense=float(em["dense"].mean()),
                front_recovered_docstrings_ratio_20=float(study["corpora"].loc[study["recovered"], "stdlib_docstrings_ratio"]),
+               lever_margin=LEVER_MARGIN,
                ppl_dense_docstrings=float(study["corpora"].loc["dense", "stdlib_docstrings"]))
     sizes = [len(em["dense"]) // len(names)] * len(names)
     for name, v in em.items():
@@ -108,7 +109,11 @@ def frontier_metrics(front: pd.Series, study: dict, *, ppl_dense: float, n_boot:
     return out
 
 
-LEVERS = (("svdllm+alloc", "svdllm"), ("svdllm+alloc-type", "svdllm"), ("asvd+update", "asvd"))   # (issue 29's method, its base)
+LEVERS = (("svdllm+alloc", "svdllm"), ("svdllm+alloc-type", "svdllm"), ("svdllm+alloc-rel", "svdllm"),
+          ("asvd+update", "asvd"))   # (issue 29's method, the one it builds on)
+
+
+LEVER_MARGIN = 0.05    # a lever's perplexity must differ from its base's by more than this share to decide
 
 
 def lever_claims(m: dict) -> list[tuple[str, str, str, str]]:
@@ -116,6 +121,7 @@ def lever_claims(m: dict) -> list[tuple[str, str, str, str]]:
     compression each (no seeds): supported or refuted when they differ by more than 5%, else inconclusive."""
     what = {"svdllm+alloc": "Per-layer rank allocation across all layers (by whitened loss) beats uniform ranks at the same budget",
             "svdllm+alloc-type": "Per-layer rank allocation within each kind of layer (SVD-LLM v2's groups) beats uniform ranks",
+            "svdllm+alloc-rel": "Per-layer rank allocation by each layer's relative (scale-free) loss beats uniform ranks",
             "asvd+update": "SVD-LLM's closed-form update of U lowers ASVD's perplexity"}
     rows = []
     for new, old in LEVERS:
@@ -123,7 +129,8 @@ def lever_claims(m: dict) -> list[tuple[str, str, str, str]]:
         if a is None or b is None:
             rows.append((what[new], "issue 29", "not measured", f"no {new} or {old} cell at 20% (an infeasible budget leaves none)"))
             continue
-        verdict = "supported" if a < b / 1.05 else ("refuted" if a > b * 1.05 else "inconclusive (within 5%)")
+        margin = 1 + LEVER_MARGIN
+        verdict = "supported" if a < b / margin else ("refuted" if a > b * margin else f"inconclusive (within {LEVER_MARGIN:.0%})")
         rows.append((what[new], "issue 29", verdict, f"at 20% removed: {new} perplexity {a:.2f} ({a / m['ppl_dense']:.2f}× dense) vs "
                      f"{old} {b:.2f} ({b / m['ppl_dense']:.2f}×), on {m['eval_tokens']:.0f} held-out tokens (one deterministic compression each)"))
     return rows
@@ -164,6 +171,7 @@ def metrics(res: pd.DataFrame, best: pd.Series, mini: pd.DataFrame, *, ppl_dense
     name = lambda r: metric_key(f"{r.method}_{int(round(r.ratio * 100))}")   # noqa: E731
     out.update({f"ppl_{name(r)}": r.ppl for r in done.itertuples()})
     out.update({f"params_{name(r)}": r.params for r in done.itertuples()})
+    out.update({f"ppl_ratio_{name(r)}": r.ppl / ppl_dense for r in done.itertuples()})
     seed_ratio = float(res[(res.method == "energy_gap") & np.isclose(res.ratio, best.ratio)].ppl.iloc[0] / ppl_dense)
     cos = {m: float(mini.query(f"method == '{m}' and ratio == 0.2").mean_cosine.iloc[0]) for m in ("plain", "svdllm")}
     if speed is not None:     # the interleaved repeats (`lab.speed_check`) decide "faster", not one perplexity pass
