@@ -3,16 +3,15 @@ matmul peak of this machine now, model FLOPs per token, timing helpers, and the 
 of the peak. One module serves the zoo, notebook 03 and the geomlib notebooks."""
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from llgbm.core.utils import machine  # noqa: F401  (re-exported: the CPU a timing ran on)
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 4, trials: int = 5) -> float:
@@ -75,15 +74,3 @@ def rss_mb(peak: bool = False) -> float:
         if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def machine() -> str:
-    """The CPU a run timed on ("AMD EPYC, 2 CPUs"): runs on other machines are not comparable, and
-    their float results can differ in the last bits (other matmul kernels)."""
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs"

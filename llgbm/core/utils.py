@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import tempfile
@@ -187,3 +188,15 @@ def preset_config(cls, base: dict, overrides: dict):
     value" (a notebook parameter left at None keeps it)."""
     check_fields(cls, overrides)
     return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def machine() -> str:
+    """The CPU a run timed on ("AMD EPYC, 2 CPUs"): runs on other machines are not comparable, and
+    their float results can differ in the last bits (other matmul kernels)."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs"

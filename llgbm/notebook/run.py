@@ -22,8 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
 
 from llgbm.core.cli import add_debug
-from llgbm.core.timing import machine
-from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home
+from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home, machine
 from llgbm.notebook.report import reports_root, write_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
