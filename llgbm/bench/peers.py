@@ -26,18 +26,19 @@ from llgbm.core.lora import load_adapter_weights, save_adapter, stack_states
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import median_time
 from llgbm.core.utils import warmup_lr
-from llgbm.eval.scoring import build_batch, encode_pairs, gold_loglik, target_logprobs
+from llgbm.eval.scoring import build_batch, encode_pairs, gold_loglik
 from llgbm.generator.sample import generate_adapter, generation_condition
+from llgbm.teachers.run import batch_indices, teacher_step
 
 
 def _order(n: int, batch_size: int, seed: int, steps: int) -> list[list[int]]:
     """The zoo's batches: `batch_indices(n, batch_size, seed, step)` for every step."""
-    from llgbm.teachers.run import batch_indices  # lazy: teachers sit above eval in the layout
     return [batch_indices(n, batch_size, seed, s).tolist() for s in range(steps)]
 
 
 def zoo_loop(model, tokenizer, task, cfg, seed: int = 0) -> dict:
-    """The zoo's step loop on a fresh peft LoRA of `model` (removed afterwards): {seconds, tokens, losses}."""
+    """The zoo's steps (`teachers.run.teacher_step`, its batches) on a fresh peft LoRA of `model` (removed
+    afterwards): {seconds, tokens, losses}."""
     from peft import get_peft_model
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, cfg.lora_config())
@@ -50,12 +51,7 @@ def zoo_loop(model, tokenizer, task, cfg, seed: int = 0) -> dict:
         for step, idx in enumerate(_order(len(encoded), cfg.batch_size, seed, cfg.steps)):
             t0 = time.perf_counter()
             batch = build_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-            loss = -target_logprobs(peft_model, batch).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in opt.param_groups:
-                g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
-            opt.step()
+            loss = teacher_step(peft_model, opt, batch, cfg, step, f"the bench's teacher of {task.name}")
             seconds += time.perf_counter() - t0
             tokens += int(batch["attention_mask"].sum())
             losses.append(loss.item())

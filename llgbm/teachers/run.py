@@ -188,6 +188,20 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
         model.unload()  # strip the LoRA layers: the base model is shared across runs
 
 
+def teacher_step(model, opt, batch, cfg: ZooConfig, step: int, what: str) -> torch.Tensor:
+    """One teacher step: the mean NLL of the answer tokens, refused when not finite (naming `what`), backward,
+    the warmup rate of `step`, AdamW. Returns the loss (the bench's peer times this same step)."""
+    loss = -target_logprobs(model, batch).mean()
+    if not torch.isfinite(loss):
+        raise ValueError(f"{what} diverged at step {step} (loss {loss.item()}); refusing it: lower ZooConfig.lr (now {cfg.lr})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for g in opt.param_groups:
+        g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
+    opt.step()
+    return loss
+
+
 def _train_steps(model, opt, params, encoded, tokenizer, task_name: str, seed: int, cfg: ZooConfig, state_path: Path,
                  start: int, logs: tuple[list, list, list], seconds: float, stop_after: int | None, progress: bool) -> float | None:
     """train_teacher's steps from `start`: `logs` (losses, [all, target] tokens, kept checkpoints) grow
@@ -199,15 +213,7 @@ def _train_steps(model, opt, params, encoded, tokenizer, task_name: str, seed: i
         t0 = time.perf_counter()
         batch = build_batch([encoded[i] for i in batch_indices(len(encoded), cfg.batch_size, seed, step)],
                             tokenizer.pad_token_id, device)
-        loss = -target_logprobs(model, batch).mean()
-        if not torch.isfinite(loss):
-            raise ValueError(f"teacher {task_name}/seed{seed} diverged at step {step} (loss {loss.item()}); "
-                             f"refusing it: lower ZooConfig.lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for g in opt.param_groups:
-            g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
-        opt.step()
+        loss = teacher_step(model, opt, batch, cfg, step, f"teacher {task_name}/seed{seed}")
         seconds += time.perf_counter() - t0
         tokens[0] += int(batch["attention_mask"].sum())
         tokens[1] += int(batch["target_mask"].sum())
