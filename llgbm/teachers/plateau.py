@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from llgbm.core import checkpoint, stats
 from llgbm.core.lora import adapter_hash, check_finite
 from llgbm.core.tasks import get_task
-from llgbm.core.utils import atomic_dir, atomic_write_json, check_profile, config_hash, preset_config, warmup_lr
-from llgbm.eval.scoring import build_batch, encode_pairs, evaluate_task, gold_loglik, target_logprobs
-from llgbm.teachers.run import HASH_VERSION, ZooConfig, batch_indices
+from llgbm.core.utils import atomic_dir, atomic_write_json, check_profile, config_hash, preset_config
+from llgbm.eval.scoring import build_batch, encode_pairs, evaluate_task, gold_loglik
+from llgbm.teachers.run import HASH_VERSION, ZooConfig, batch_indices, teacher_step
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,7 @@ def train_to_plateau(base_model, tokenizer, task_name: str, seed: int, zcfg: Zoo
             t0 = time.perf_counter()
             batch = build_batch([encoded[i] for i in batch_indices(len(encoded), zcfg.batch_size, seed, step)],
                                 tokenizer.pad_token_id, device)
-            loss = -target_logprobs(model, batch).mean()
-            if not torch.isfinite(loss):
-                raise ValueError(f"teacher {task_name}/seed{seed} diverged at step {step}; lower ZooConfig.lr (now {zcfg.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in opt.param_groups:
-                g["lr"] = warmup_lr(zcfg.lr, step, zcfg.warmup)
-            opt.step()
+            loss = teacher_step(model, opt, batch, zcfg, step, f"teacher {task_name}/seed{seed}")
             st["seconds"] += time.perf_counter() - t0
             st["losses"].append(loss.item())
             st["step"] = done = step + 1
