@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lab clean-reports
+.PHONY: setup run test lab gpu-check clean-reports
 
 setup: $(STAMP)
 
@@ -31,3 +31,8 @@ test: setup
 # JupyterLab refuses to run as root without --allow-root (the usual case in containers).
 lab: setup
 	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+# On a machine with an NVIDIA GPU: CUDA torch into .venv, unit tests and smoke notebooks on CUDA, then the
+# quick 00 and 06, timed into reports/gpu/ (tools/gpu_check.sh says how to run some stages only).
+gpu-check:
+	bash tools/gpu_check.sh

@@ -85,6 +85,10 @@ def test_bench_cli_on_the_smoke_profile(lab_home, tmp_path):
     generation = {r["index"]: r for r in result["peer_generation"]}
     assert generation["one teacher (training)"]["seconds"] == teacher["zoo loop"]["seconds"]
     assert all(r["seconds"] > 0 for r in generation.values()) and "write peft folder" in generation
+    assert generation["encode prompts (MiniLM)"]["GFLOP"] > 0 and generation["generator forward"]["GFLOP"] > 0
+    assert generation["end to end, first call"]["ms at the fp32 peak"] == pytest.approx(
+        sum(generation[s]["ms at the fp32 peak"] for s in ("encode prompts (MiniLM)", "generator forward", "detokenise", "write peft folder")))
+    assert "--peers`" in text                                                        # the command that wrote it
     assert all(p["flops"] > 0 and p["seconds"] > 0 and 0 < p["fraction of peak"] for p in result["paths"])
     assert "matmul (GEMM)" in text
     compiled = [p for p in result["paths"] if p["name"].endswith(", compiled")]

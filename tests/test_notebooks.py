@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from llgbm.core import artefacts, flops
 from llgbm.notebook import report, run
 
 NOTEBOOKS = run.notebooks()
@@ -87,6 +88,12 @@ SANE = {
 }
 
 
+# A kind of trained artefact each of these notebooks must record (llgbm.core.artefacts).
+TRAINS = {"00_baseline": "teacher (zoo)", "01_delta_caching": "teacher (zoo)", "04b_ablations": "generator run",
+          "06_zeroshot": "held-out teacher (to its dev plateau)", "10_igbundle": "IGBundle run",
+          "12_coordinates": "continual-learning run", "13_inl": "INL run"}
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebook_is_clean_and_parametrised(nb):
     cells = json.loads(nb.read_text())["cells"]
@@ -125,6 +132,10 @@ def test_notebook_runs_under_smoke(nb, suite_home):
         assert all(abs(metrics[f"params_{m}"] / metrics["params_lora"] - 1) <= 0.10 for m in ("igbundle", "houlsby")), metrics
     assert not bad, f"metrics outside their sane range (value, low, high): {bad}"
     assert list(out.glob("*.png")), "the notebook saved no figure"
+    assert flops.read(out / "flops.json")["flops"] > 0, "its kernel counted no FLOPs, or wrote none by its exit"
+    if nb.stem in TRAINS:          # what it trains or reads back is on its record
+        kinds = {r["kind"] for r in artefacts.read(out / "artefacts.json").values()}
+        assert TRAINS[nb.stem] in kinds, kinds
     text = report.write_report("smoke", [nb]).read_text()
     assert f"notebooks/{nb.name}" in text and "Claims ledger" in text
 

@@ -5,6 +5,7 @@ the lab's tasks (`task_table`), perplexity on a second corpus (`second_corpus`);
 the notebook."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from geomlib.calabi import recover, store, svd
 from geomlib.calabi.lab import (CACHE_VERSION, CalabiConfig, cache_file, cached, cell_key, compressed, compressed_folder,
                                 dense_reference, measure_key, save_whole)
-from llgbm.core import models
+from llgbm.core import artefacts, models
 from llgbm.core.timing import machine
 from llgbm.core.utils import config_hash, llgbm_home
 from llgbm.eval import lm
@@ -58,7 +59,10 @@ def recovery_curve(model_name: str, dense, method: str, ratio: float, stats, cal
     key, folder = recovery_key(model_name, method, ratio, cfg), recovered_folder(model_name, method, ratio, cfg)
     if not (folder / "calabi.json").is_file():            # the curve without its model: run it again
         cache_file("recovery", key).unlink(missing_ok=True)
-    return pd.DataFrame(cached("recovery", key, run))
+    trained, t0 = not cache_file("recovery", key).exists(), time.perf_counter()
+    curve = pd.DataFrame(cached("recovery", key, run))
+    artefacts.used(folder, trained=trained, seconds=time.perf_counter() - t0 if trained else None)
+    return curve
 
 
 def recovery_key(model_name: str, method: str, ratio: float, cfg: CalabiConfig) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 
+from llgbm.core import artefacts
 from llgbm.core import stats as hier_stats
 from llgbm.core.lora import LORA_TARGETS
 from llgbm.core.tasks import get_task
@@ -106,6 +107,7 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
         raise ValueError(f"unknown trained method {method!r}; known: {', '.join(TRAINED)} (per_task_lora: see per_task_rows)")
     path = llgbm_home() / "continual" / config_hash(dict(cfg=asdict(cfg), v=1)) / f"{method}-seed{seed}.json"
     if path.exists():
+        artefacts.used(path, trained=False)
         return json.loads(path.read_text())
     torch.manual_seed(seed)
     T, pools, t0 = len(cfg.tasks), _pools(tok, cfg.tasks), time.perf_counter()
@@ -158,6 +160,7 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
             lora.unload()
     out = dict(method=method, seed=seed, R=R, seconds=time.perf_counter() - t0, **extra)
     atomic_write_json(path, out)
+    artefacts.used(path, trained=True, seconds=out["seconds"])
     return out
 
 

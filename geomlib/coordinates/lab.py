@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from llgbm.core import artefacts
 from llgbm.core.stats import cosine_silhouette, silhouette_null
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import median_time
@@ -103,6 +104,7 @@ def train_scratch(kind: str, corpus: dict, cfg: ScratchConfig, progress: bool = 
     V = len(corpus["vocab"])
     run = scratch_dir(kind, cfg, V)
     if (run / "result.json").exists():
+        artefacts.used(run, trained=False)
         return json.loads((run / "result.json").read_text())
     from tqdm.auto import tqdm
     seed_everything(cfg.seed)
@@ -136,6 +138,7 @@ def train_scratch(kind: str, corpus: dict, cfg: ScratchConfig, progress: bool = 
     save_checkpoint(run / "checkpoint", model, opt, cfg.steps, dict(config=cfg.seed_config(V), kind=kind,
                                                                      vocab=corpus["vocab"].tolist()))
     atomic_write_json(run / "result.json", out)
+    artefacts.used(run, trained=True, seconds=seconds)
     return out
 
 

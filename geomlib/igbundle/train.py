@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llgbm.core import checkpoint, models
+from llgbm.core import artefacts, checkpoint, models
 from llgbm.core.lora import LORA_TARGETS
 from llgbm.core.tasks import get_task
 from llgbm.core.timing import rss_mb
@@ -241,6 +241,7 @@ def train(cfg: IGTrainConfig, model=None, tokenizer=None, progress: bool = True,
             break
     model.eval()
     peak_mb = rss_mb(peak=True)
+    artefacts.used(run, trained=start < cfg.max_steps, seconds=float(sum(history["seconds"][start:])))
     return dict(model=model, tokenizer=tokenizer, host=host, params=sum(p.numel() for n, p in params.items()
                                                                         if "sheaf" not in n),
                 history=history, run_dir=run, peak_rss_mb=peak_mb, resumed_from=start)

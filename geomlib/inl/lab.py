@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llgbm.core import cache, checkpoint
+from llgbm.core import artefacts, cache, checkpoint
 from llgbm.core.utils import check_profile, config_hash, llgbm_home, preset_config, seed_everything, warmup_lr
 from llgbm.eval.lm import random_windows
 
@@ -113,6 +113,7 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
         state = (checkpoint.load(run / CHECKPOINT, model=model, opt=opt, params=params)[1] if (run / CHECKPOINT).exists()
                  else checkpoint.load_legacy_folder(run, model=model, opt=opt, params=params)[1])   # the layout before it
         history, start, seconds = state["history"], state["step"], state["seconds"]
+    resumed_seconds = seconds
     loss_fn = IntegratorLoss.preset(cfg.loss_preset, task_loss_type="ce", variance_weighted=True)
     sched = create_cycle_scheduler(cfg.scheduler)
     windows, tokens_per_epoch = val_windows(corpus, cfg), len(corpus["train"])
@@ -146,6 +147,8 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
             bar.set_postfix(val=f"{ev['loss']:.3f}")
             if save:
                 save_run(run, model, opt, params, dict(step=done, seconds=seconds, history=history, config=asdict(model_cfg)))
+    if save:
+        artefacts.used(run, trained=start < min(steps, stop_after or steps), seconds=seconds - resumed_seconds)
     return dict(model=model.eval(), history=history, seconds=seconds, run_dir=run, resumed_from=start)
 
 

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from llgbm.bench import peers  # lazy: as above
         peer = peers.peer_tables(lab, items=8 if args.profile == "smoke" else 64, repeats=max(3, args.repeats))
     peak = max(peak, measure_matmul_peak())       # the peak before and after: the better one
+    if peer is not None:
+        peer["generation"]["ms at the fp32 peak"] = peer["generation"]["GFLOP"] * 1e12 / peak
     if runs is not None:
         runs["fraction of peak"] = runs["model GFLOP/s"] * 1e9 / peak
     ops, kinds = hotpaths.op_profile(lab.model, lab.tokenizer, lab.zoo_cfg, get_task(lab.training_tasks[0]))
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fp32 matmul peak measured in this run: **{peak / 1e9:.0f} GFLOP/s** (best of 2048² matmuls, before and "
         f"after the paths). FLOPs are counted by torch's FlopCounterMode (matmuls and attention, padding included); "
         f"\"useful\" keeps only the real tokens' share. Median of {args.repeats} calls. Written by "
-        f"`python -m llgbm.bench --profile {args.profile}{' --compile' if args.compile else ''}`."
+        f"`python -m llgbm.bench --profile {args.profile}{' --compile' if args.compile else ''}{' --peers' if args.peers else ''}`."
         + (" Rows marked *compiled* run the decoder stack under torch.compile (inductor, llgbm.core.compiling): their "
            "FLOPs are the eager call's, and the first call, which compiles, is left out of the median and noted."
            if args.compile else ""),
@@ -85,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             "(`adapter_names=`) and peft one adapter at a time; items/s counts items × adapters, max_abs_diff is the largest "
             "score difference from ours.",
             peer["scoring"].to_markdown(floatfmt=".4g"),
-            "A generated adapter (prompts to a peft folder on disk) against training the teacher above: seconds, and how many "
-            "times cheaper than that teacher.",
+            "A generated adapter (prompts to a peft folder on disk) against training the teacher above: seconds, how many "
+            "times cheaper than that teacher, and each stage's counted FLOPs with the time they would take at the peak above "
+            "(the floor for this work on this machine: 1000× cheaper than the teacher needs the end-to-end row under "
+            f"{peer['generation'].loc['one teacher (training)', 'seconds']:.3g} ms).",
             peer["generation"].to_markdown(floatfmt=".4g")]),
         "## Where a zoo training step spends its time (torch.profiler, self CPU time per step)",
         kinds.to_markdown(floatfmt=".3g"), ops.to_markdown(floatfmt=".3g"),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llgbm.bench.hotpaths import counted_flops
 from llgbm.core.functional import FunctionalLoRA
 from llgbm.core.lora import load_adapter_weights, save_adapter, stack_states
 from llgbm.core.tasks import get_task
@@ -174,7 +175,8 @@ def generation_peer(generator, encoder, lora_tokenizer, lora_config, prompts: li
     """Prompts → a peft adapter folder (`sample.generate_adapter`), end to end: the first call in this
     process (cold) and the median of `repeats` warm calls, and each stage on its own (MiniLM encoding of
     the prompts the generator conditions on, the generator's forward, detokenising, writing the folder),
-    warm medians; each against `teacher_seconds` (training one teacher) as "× cheaper"."""
+    warm medians; each against `teacher_seconds` (training one teacher) as "× cheaper". GFLOP: each stage's
+    FLOPs as FlopCounterMode counts them (end to end: their sum), the floor that no faster code gets under."""
     cold = generate_adapter(generator, encoder, lora_tokenizer, lora_config, prompts, f"{out_dir}/cold")[1]
     warm = float(np.median([generate_adapter(generator, encoder, lora_tokenizer, lora_config, prompts, f"{out_dir}/warm{i}")[1]
                             for i in range(repeats)]))
@@ -189,8 +191,11 @@ def generation_peer(generator, encoder, lora_tokenizer, lora_config, prompts: li
               "write peft folder": lambda: save_adapter(state, lora_config, f"{out_dir}/stage")}
     rows = {"end to end, first call": cold, f"end to end, warm (median of {repeats})": warm}
     rows |= {name: median_time(fn, repeats) for name, fn in stages.items()}
-    table = pd.DataFrame({"seconds": rows}).assign(times_cheaper_than_teacher=lambda t: teacher_seconds / t.seconds)
-    table.loc["one teacher (training)"] = [teacher_seconds, 1.0]
+    gflop = {name: counted_flops(fn) / 1e9 for name, fn in stages.items()}
+    gflop |= {k: sum(gflop.values()) for k in list(rows)[:2]}
+    table = pd.DataFrame({"seconds": rows, "GFLOP": gflop}).assign(
+        times_cheaper_than_teacher=lambda t: teacher_seconds / t.seconds)
+    table.loc["one teacher (training)"] = [teacher_seconds, float("nan"), 1.0]
     return table
 
 

@@ -23,7 +23,15 @@ ALIASES = "__aliases__"      # state key: tensors that share storage with anothe
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str,
                  fix: str = "lower the learning rate or retrain it") -> None:
-    """The one NaN/Inf check of loaded weights: a ValueError naming `what`, the first bad tensor and `fix`."""
+    """The one NaN/Inf check of loaded weights: a ValueError naming `what`, the first bad tensor and `fix`.
+    One check per device and dtype over all the tensors at once (an adapter has hundreds of small ones);
+    the tensor-by-tensor look only when that finds something, to name it."""
+    groups: dict[tuple, list] = {}
+    for v in tensors.values():
+        if v.is_floating_point():
+            groups.setdefault((v.device, v.dtype), []).append(v.reshape(-1))
+    if all(bool(torch.isfinite(torch.cat(g)).all()) for g in groups.values()):
+        return
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{what} has NaN/Inf weights in {len(bad)} tensor(s), e.g. {bad[0]}; refusing it ({fix})")

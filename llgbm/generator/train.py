@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llgbm.core import checkpoint
+from llgbm.core import artefacts, checkpoint
 from llgbm.core.utils import atomic_write_json, check_profile, config_hash, llgbm_home, preset_config, warmup_lr
 from llgbm.generator.dataset import GeneratorData
 from llgbm.generator.losses import DeltaSupervision, MultiTaskLoss
@@ -237,6 +237,8 @@ def train(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingConfig, seed:
             raise FloatingPointError(f"generator loss became {history['loss'][-1]} at step {done} ({run_dir})")
     if accelerator is not None:
         accelerator.wait_for_everyone()
+    if is_main:
+        artefacts.used(run_dir, trained=start < cfg.steps, seconds=float(sum(history["seconds"][start:])))
     return TrainResult(gen.eval(), history, run_dir, start)
 
 

@@ -9,9 +9,11 @@ import numbers
 import os
 from pathlib import Path
 
+from llgbm.core import artefacts, flops
 from llgbm.core.utils import REPO_ROOT, atomic_file, atomic_write_bytes, atomic_write_json, check_profile
 from llgbm.eval.compare import labelled
 from llgbm.notebook.cite import check_cited, uncited  # noqa: F401  (uncited: the report's public check)
+from llgbm.notebook import usage
 from llgbm.notebook.provenance import code_state, provenance_line
 
 # The whole quick suite on 2 cores, cold: no slower than the 230 min measured on the 24-task suite before
@@ -48,6 +50,8 @@ class NotebookReport:
         for old in [*self.dir.glob("*.md"), *self.dir.glob("*.png"), *self.dir.glob("*.json")]:
             old.unlink()  # a rerun starts clean: never a table or figure left from an earlier run
         atomic_write_json(self.dir / "run.json", code_state(stem))     # the code these outputs come from
+        flops.start(self.dir / "flops.json")              # what the run computes, for the suite's use of the peak
+        artefacts.start(self.dir / "artefacts.json")      # the trained artefacts it trains or reads back
         self.metrics: dict[str, float] = {}
         self.claims: list[dict] = []
 
@@ -307,7 +311,8 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
         if (d / "claims.json").exists():
             claims += json.loads((d / "claims.json").read_text())
     if timings:
-        lines += run_times(profile, timings)
+        lines += run_times(profile, timings) + usage.utilisation(timings, usage.bench_peak(root))
+    lines += usage.artefact_table(root, [nb.stem for nb in notebooks])
     lines += ["## Claims ledger", ""]
     if claims:
         lines += ["| claim | source | measured verdict | evidence |", "|---|---|---|---|"]

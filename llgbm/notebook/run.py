@@ -21,6 +21,7 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
 
+from llgbm.core import flops
 from llgbm.core.cli import add_debug
 from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home, machine
 from llgbm.notebook.report import reports_root, write_report
@@ -163,18 +164,20 @@ def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
 
 
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
-                  note: str | None = None, cells: list[dict] | None = None) -> None:
+                  note: str | None = None, cells: list[dict] | None = None, counted: dict | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
     partial reruns (`--only`). `mode` (suite_mode at the start of the whole run, or own_mode for a
     notebook with its own caches) also files it as
     that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
     what else to know about the run (the report prints it under the run-times table); `cells` its
-    slowest cells (`cell_seconds`), where the minutes went."""
+    slowest cells (`cell_seconds`), where the minutes went; `counted` the FLOPs its kernel counted
+    (`llgbm.core.flops`: flops, seconds counted), for the suite's use of the peak."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
                  **({"start_state": state} if state else {}), **({"note": note} if note else {}),
-                 **({"cells": cells} if cells else {}))
+                 **({"cells": cells} if cells else {}),
+                 **({"flops": counted["flops"], "flops_seconds": counted["seconds"]} if counted else {}))
     atomic_write_json(path, file_timing(timings, stem, entry, mode))
 
 
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         seconds = time.time() - t0
         record_timing(args.profile, nb.stem, seconds, state, mode if own is None else own_mode(own, cache_files(nb.stem)), args.note,
-                      cell_seconds(reports_root() / args.profile / "_executed" / nb.name))
+                      cell_seconds(reports_root() / args.profile / "_executed" / nb.name),
+                      flops.read(reports_root() / args.profile / nb.stem / "flops.json"))
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

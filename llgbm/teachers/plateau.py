@@ -21,7 +21,7 @@ import torch
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from llgbm.core import checkpoint, stats
+from llgbm.core import artefacts, checkpoint, stats
 from llgbm.core.lora import adapter_hash, check_finite
 from llgbm.core.tasks import get_task
 from llgbm.core.utils import atomic_dir, atomic_write_json, check_profile, config_hash, preset_config
@@ -67,6 +67,7 @@ def train_to_plateau(base_model, tokenizer, task_name: str, seed: int, zcfg: Zoo
     `stop_after` interrupts it after that many steps (to test resume) and returns None."""
     run_dir = Path(root) / task_name / f"seed{seed}-plateau-{run_key(zcfg, pcfg)}"
     if (run_dir / "run.json").exists():
+        artefacts.used(run_dir, trained=False)
         return json.loads((run_dir / "run.json").read_text())
     task = get_task(task_name)
     dev_loss(base_model, tokenizer, task, 1)            # refuse a task without a dev split before training
@@ -132,4 +133,5 @@ def _finish(model, tokenizer, task, seed: int, zcfg: ZooConfig, pcfg: PlateauCon
                   checkpoints=[row], zoo_config=asdict(zcfg), plateau=asdict(pcfg))
     atomic_write_json(run_dir / "run.json", record)
     (run_dir / "state.safetensors").unlink(missing_ok=True)
+    artefacts.used(run_dir, trained=True, seconds=st["seconds"])
     return record

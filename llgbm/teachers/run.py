@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from llgbm.core import checkpoint
+from llgbm.core import artefacts, checkpoint
 from llgbm.core.compiling import compiled_backbone
 from llgbm.core.lora import LORA_TARGETS, adapter_hash, check_finite
 from llgbm.core.tasks import get_task, list_tasks
@@ -140,6 +140,7 @@ def _finish(model, tokenizer, task, task_name: str, seed: int, cfg: "ZooConfig",
                   losses=losses, checkpoints=checkpoints, config=asdict(cfg))
     atomic_write_json(run_dir / "run.json", record)
     (run_dir / "state.safetensors").unlink(missing_ok=True)
+    artefacts.used(run_dir, trained=True, seconds=seconds)
     return record
 
 
@@ -163,6 +164,7 @@ def train_teacher(base_model, tokenizer, task_name: str, seed: int, cfg: ZooConf
         if done.training_key() != cfg.training_key():
             raise ValueError(f"{run_dir} was trained with another config ({done.training_key()} vs {cfg.training_key()}); "
                              f"use zoo_dir(profile, model, cfg) for this config, or delete that run to retrain it")
+        artefacts.used(run_dir, trained=False)
         return record
     task = task if task is not None else get_task(task_name)
     matmul_peak = matmul_peak or measure_matmul_peak()

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from llgbm.core import artefacts
 from llgbm.core import cache as cache_file
 from llgbm.core import models
 from llgbm.core.lora import adapter_hash
@@ -68,6 +69,7 @@ def load_manifest(profile: str, model_name: str, cfg: ZooConfig | None = None,
     if not manifest:
         raise FileNotFoundError(f"no teacher zoo at {root}: build it with notebooks/00_baseline.ipynb "
                                 f"(profile={profile!r}) or zoo.build_zoo(model, tokenizer, cfg, root)")
+    artefacts.used(*sorted({(root / row["path"]).parent for row in manifest}), trained=False)
     return cfg, root, manifest
 
 

@@ -1,0 +1,104 @@
+"""Two REPORT sections on what the suite spends (issue 30): the trained artefacts and the notebooks
+that use them (each one trained once, a run two notebooks need being the same cached run), and the
+share of the machine's fp32 peak that the notebooks' counted FLOPs reach over their wall time."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llgbm.core import artefacts
+
+
+def _short(stem: str) -> str:
+    return stem.split("_")[0]
+
+
+def artefact_rows(root: Path, stems: list[str]) -> list[dict]:
+    """One row per group of artefacts of one kind that the same notebooks use and the same notebooks
+    trained (in their latest runs): the count, the training seconds recorded, and the notebooks."""
+    seen: dict[str, dict] = {}
+    for stem in stems:
+        for key, row in artefacts.read(Path(root) / stem / "artefacts.json").items():
+            a = seen.setdefault(key, dict(kind=row["kind"], used=[], trained=[], seconds=0.0))
+            a["used"].append(stem)
+            if row["trained"]:
+                a["trained"].append(stem)
+                a["seconds"] += row.get("seconds") or 0.0
+    groups: dict[tuple, dict] = {}
+    for a in seen.values():
+        g = groups.setdefault((a["kind"], tuple(a["used"]), tuple(a["trained"])), dict(count=0, seconds=0.0))
+        g["count"] += 1
+        g["seconds"] += a["seconds"]
+    return [dict(kind=k, used_by=list(u), trained_in=list(t), **g) for (k, u, t), g in sorted(groups.items())]
+
+
+def artefact_table(root: Path, stems: list[str]) -> list[str]:
+    """The artefact section: a table of `artefact_rows` and what it says about work done twice."""
+    rows = artefact_rows(root, stems)
+    lines = ["## Trained artefacts", ""]
+    if not rows:
+        return lines + ["No notebook run has recorded its trained artefacts yet (runs from before `llgbm.core.artefacts`).", ""]
+    recorded = [s for s in stems if (Path(root) / s / "artefacts.json").exists()]
+    lines += ["Every trained artefact (teacher, generator run, multi-task LoRA, continual-learning, IGBundle or INL run, "
+              "recovered compressed model) that a notebook's latest run trained or read back from the cache, grouped by "
+              "the notebooks that use it. *Trained in* names the runs that trained it; empty where every run read it back "
+              "(trained by an earlier run). Notebooks recording: " + ", ".join(_short(s) for s in recorded) + ".", "",
+              "| kind | artefacts | used by | trained in (latest runs) | training time (s) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['count']} | {', '.join(map(_short, r['used_by']))} | "
+              f"{', '.join(map(_short, r['trained_in'])) or '— (read back)'} | {r['seconds']:.0f} |" for r in rows]
+    twice = sum(r["count"] for r in rows if len(r["trained_in"]) > 1)
+    shared = sum(r["count"] for r in rows if len(r["used_by"]) > 1)
+    total = sum(r["count"] for r in rows)
+    lines += ["", f"- {total} artefacts; {shared} used by more than one notebook (the same cached run); "
+              f"{twice} trained by more than one notebook's latest run" + (" (work done twice: **a defect**)." if twice else ".")]
+    missing = [s for s in stems if s not in recorded]
+    if missing:
+        lines.append("- Not recorded (no run since artefacts were recorded): " + ", ".join(missing) + ".")
+    return lines + [""]
+
+
+def bench_peak(root: Path) -> tuple[float, str] | None:
+    """(fp32 peak FLOP/s, the machine) measured by the bench of this profile (bench.json), if any."""
+    path = Path(root) / "bench.json"
+    if not path.exists():
+        return None
+    bench = json.loads(path.read_text())
+    if not bench.get("peak_flops_per_s"):
+        return None
+    return bench["peak_flops_per_s"], bench.get("machine", "its machine (not recorded)")
+
+
+def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
+    """Per notebook, its latest cold run's counted FLOPs against its wall time, as a share of the bench's
+    fp32 peak, and the suite's: the counted cold runs' FLOPs over their summed wall time."""
+    lines = ["## Use of the machine's peak", ""]
+    cold = {k: v["runs"]["cold"] for k, v in sorted(timings.items()) if "flops" in v.get("runs", {}).get("cold", {})}
+    latest = {k: v for k, v in sorted(timings.items()) if "flops" in v}
+    if not latest and not cold:
+        return lines + ["No run has counted its FLOPs yet (`llgbm.core.flops`, counted from the runs after it landed).", ""]
+    rate = (lambda r: r["flops"] / r["seconds"])
+    fraction = (lambda r: f"{rate(r) / peak[0]:.3f}" if peak else "n/a")
+    lines += ["FLOPs as each notebook's kernel counted them (`llgbm.core.flops`: every `nn.Linear` forward and the backward it "
+              "implies; padding counts as work done, attention scores and subprocesses are not counted), over the run's wall "
+              "time" + (f", as a share of the fp32 peak the bench measured ({peak[0] / 1e9:.0f} GFLOP/s on {peak[1]})." if peak
+                        else "; no bench.json gives this machine's peak."), "",
+              "| notebook | run | wall (s) | counted TFLOP | GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
+    row = (lambda k, label, r: f"| {k} | {label} | {r['seconds']:.0f} | {r['flops'] / 1e12:.2f} | {rate(r) / 1e9:.1f} | {fraction(r)} |")
+    for k in sorted({*cold, *latest}):
+        if k in cold:
+            lines.append(row(k, "cold", cold[k]))
+        if k in latest and (k not in cold or cold[k]["finished"] != latest[k]["finished"]):
+            lines.append(row(k, f"latest ({_mode(latest[k])})", latest[k]))
+    untimed = [k for k in timings if k not in cold]
+    if cold:
+        flops, seconds = sum(r["flops"] for r in cold.values()), sum(r["seconds"] for r in cold.values())
+        share = f"{flops / seconds / peak[0]:.3f} of the peak" if peak else "its share of the peak unknown (no bench.json)"
+        lines += ["", f"- The cold runs with counted FLOPs ({', '.join(map(_short, cold))}): {flops / 1e12:.1f} TFLOP in "
+                  f"{seconds / 60:.0f} min, {flops / seconds / 1e9:.1f} GFLOP/s, {share} (goal: 0.5)."]
+    if untimed:
+        lines.append("- No counted cold run yet (the suite's share waits for them): " + ", ".join(untimed) + ".")
+    return lines + [""]
+
+
+def _mode(entry: dict) -> str:
+    return next((m for m, r in entry.get("runs", {}).items() if r.get("finished") == entry.get("finished")), "unfiled")

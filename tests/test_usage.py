@@ -1,0 +1,113 @@
+"""What a run spends: FLOPs counted as it runs (llgbm.core.flops), the trained artefacts it trains or
+reads back (llgbm.core.artefacts), and the REPORT sections built from them (llgbm.notebook.usage)."""
+import json
+
+import pytest
+import torch
+
+from llgbm.core import artefacts, flops
+from llgbm.notebook import usage
+
+
+@pytest.fixture
+def counting(tmp_path):
+    flops.start(tmp_path / "flops.json")
+    yield tmp_path / "flops.json"
+    flops.stop()
+
+
+def test_flops_count_forward_and_the_backward_it_implies(counting):
+    frozen, trained = torch.nn.Linear(8, 4), torch.nn.Linear(4, 3)
+    frozen.requires_grad_(False)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        frozen(x)
+    assert flops.counts()["forward_flops"] == 2 * 5 * 8 * 4 and flops.counts()["backward_flops"] == 0
+    trained(frozen(x)).sum().backward()            # frozen: no gradient at all; trained: its weight's only
+    c = flops.counts()
+    assert c["forward_flops"] == 2 * (2 * 5 * 8 * 4) + 2 * 5 * 4 * 3
+    assert c["backward_flops"] == 2 * 5 * 4 * 3
+    frozen(x.requires_grad_())                     # an input that needs a gradient: one backward matmul
+    assert flops.counts()["backward_flops"] == 2 * 5 * 4 * 3 + 2 * 5 * 8 * 4
+    torch.relu(x)                                  # not a Linear: not counted
+    assert flops.counts()["linear_calls"] == 4
+    flops.flush()
+    assert json.loads(counting.read_text())["flops"] == c["flops"] + 2 * (2 * 5 * 8 * 4)   # its forward and backward
+
+
+def test_flops_stop_removes_the_hook_and_a_restart_counts_afresh(tmp_path, counting):
+    torch.nn.Linear(2, 2)(torch.randn(1, 2))
+    flops.start(tmp_path / "second.json")
+    assert flops.counts()["flops"] == 0
+    flops.stop()
+    torch.nn.Linear(2, 2)(torch.randn(1, 2))
+    assert flops.read(tmp_path / "second.json")["flops"] == 0 and flops.read(tmp_path / "none.json") is None
+
+
+def test_artefacts_file_kind_trained_and_seconds(lab_home, tmp_path):
+    artefacts.used(lab_home / "zoo" / "z" / "add_1" / "seed0", trained=True)     # nothing started: nothing kept
+    artefacts.start(tmp_path / "a.json")
+    try:
+        artefacts.used(lab_home / "zoo" / "z" / "add_1" / "seed0", trained=False)
+        artefacts.used(lab_home / "zoo" / "z" / "add_1" / "seed0", trained=True, seconds=3.0)
+        artefacts.used(lab_home / "zoo" / "z" / "add_1" / "seed0", trained=False)   # read back after: still trained here
+        artefacts.used(lab_home / "generators" / "kd-seed0-abc", lab_home / "suite" / "multitask" / "k" / "m" / "seed1",
+                       trained=True, seconds=4.0)
+        artefacts.used(tmp_path / "elsewhere", trained=False)
+        rows = artefacts.read(tmp_path / "a.json")
+    finally:
+        artefacts.stop()
+    assert rows["zoo/z/add_1/seed0"] == dict(kind="teacher (zoo)", trained=True, seconds=3.0)
+    assert rows["generators/kd-seed0-abc"] == dict(kind="generator run", trained=True, seconds=2.0)
+    assert rows["suite/multitask/k/m/seed1"]["kind"] == "multi-task LoRA"
+    assert rows[(tmp_path / "elsewhere").resolve().as_posix()] == dict(kind="other", trained=False)
+
+
+def test_a_teacher_run_files_itself_trained_then_read_back(tiny, lab_home, tmp_path):
+    from llgbm.teachers import zoo
+    cfg = zoo.ZooConfig.preset("smoke", tasks=("add_1",), steps=2, n_checkpoints=1, eval_items=2, seeds=(0,))
+    model, tok = tiny
+    for name, trained in (("first", True), ("again", False)):
+        artefacts.start(tmp_path / f"{name}.json")
+        try:
+            zoo.build_zoo(model, tok, cfg, lab_home / "zoo" / "t", progress=False)
+        finally:
+            artefacts.stop()
+        row = artefacts.read(tmp_path / f"{name}.json")["zoo/t/add_1/seed0"]
+        assert row["trained"] is trained and (row.get("seconds", 0) > 0) is trained
+
+
+def _write(root, stem, rows):
+    (root / stem).mkdir(parents=True)
+    (root / stem / "artefacts.json").write_text(json.dumps(rows))
+
+
+def test_artefact_table_groups_by_users_and_flags_work_done_twice(tmp_path):
+    t = dict(kind="teacher (zoo)", trained=True, seconds=10.0)
+    _write(tmp_path, "00_baseline", {"zoo/a": t, "zoo/b": t, "generators/g": dict(kind="generator run", trained=True, seconds=5.0)})
+    _write(tmp_path, "04_multitask", {"zoo/a": dict(t, trained=False), "zoo/b": dict(t, trained=False),
+                                      "generators/g": dict(kind="generator run", trained=True, seconds=6.0)})
+    rows = usage.artefact_rows(tmp_path, ["00_baseline", "04_multitask", "05_delta_only"])
+    assert dict(kind="teacher (zoo)", used_by=["00_baseline", "04_multitask"], trained_in=["00_baseline"], count=2,
+                seconds=20.0) in rows
+    text = "\n".join(usage.artefact_table(tmp_path, ["00_baseline", "04_multitask", "05_delta_only"]))
+    assert "| teacher (zoo) | 2 | 00, 04 | 00 | 20 |" in text and "| generator run | 1 | 00, 04 | 00, 04 | 11 |" in text
+    assert "3 artefacts; 3 used by more than one notebook" in text and "1 trained by more than one" in text
+    assert "a defect" in text and "Not recorded (no run since artefacts were recorded): 05_delta_only" in text
+
+
+def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_path):
+    cold = dict(seconds=100.0, finished="t1", flops=2e12)
+    timings = {"00_baseline": dict(cold, runs={"cold": cold}),
+               "01_delta_caching": dict(seconds=50.0, finished="t3", flops=1e12,
+                                        runs={"cold": dict(seconds=80.0, finished="t2", flops=4e12),
+                                              "warm": dict(seconds=50.0, finished="t3", flops=1e12)}),
+               "02_dataset": dict(seconds=5.0, finished="t0", runs={"cold": dict(seconds=5.0, finished="t0")})}
+    (tmp_path / "bench.json").write_text(json.dumps(dict(peak_flops_per_s=1e11, machine="a CPU")))
+    text = "\n".join(usage.utilisation(timings, usage.bench_peak(tmp_path)))
+    assert "| 00_baseline | cold | 100 | 2.00 | 20.0 | 0.200 |" in text
+    assert "| 01_delta_caching | cold | 80 | 4.00 | 50.0 | 0.500 |" in text
+    assert "| 01_delta_caching | latest (warm) | 50 | 1.00 | 20.0 | 0.200 |" in text
+    assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5)" in text
+    assert "No counted cold run yet (the suite's share waits for them): 02_dataset" in text
+    assert usage.bench_peak(tmp_path / "nowhere") is None
