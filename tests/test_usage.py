@@ -111,3 +111,17 @@ def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_
     assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5)" in text
     assert "No counted cold run yet (the suite's share waits for them): 02_dataset" in text
     assert usage.bench_peak(tmp_path / "nowhere") is None
+
+
+def test_cold_times_say_whether_the_code_changed_since(monkeypatch):
+    from llgbm.notebook import provenance
+    monkeypatch.setattr(provenance, "changed_since", lambda commit, stem: {"a" * 40: [], "b" * 40: ["x.py", "y.py"]}.get(commit))
+    run = lambda commit=None, **kw: dict(runs={"cold": dict(seconds=60.0, **({"commit": commit} if commit else {}), **kw)})  # noqa: E731
+    text = "\n".join(usage.cold_code({"00_baseline": run("a" * 40), "11_calabi": run("b" * 40), "12_coordinates": run("c" * 40),
+                                      "13_inl": run(), "10_igbundle": run("a" * 40, dirty=True)}))
+    assert "00_baseline" not in text                                     # unchanged: nothing to say
+    assert "11_calabi: its cold time (60 s) was measured at bbbbbbbbbb; 2 file(s)" in text
+    assert "10_igbundle: its cold time (60 s) was measured at aaaaaaaaaa with uncommitted changes; 0 file(s)" in text
+    assert "12_coordinates: its cold run's commit cccccccccc is not in this checkout's history" in text
+    assert "(13): whether their code changed since is not known" in text
+    assert usage.cold_code({"00_baseline": run("a" * 40)}) == []

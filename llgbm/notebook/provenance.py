@@ -88,6 +88,13 @@ def code_state(stem: str) -> dict:
     return dict(commit=head.stdout.strip(), dirty=bool(diff is None or diff.returncode))
 
 
+def changed_since(commit: str, stem: str) -> list[str] | None:
+    """The files of notebook `stem`'s code (`code_files`) that changed between `commit` and HEAD (None:
+    the commit is not in this checkout's history)."""
+    diff = _git("diff", "--name-only", commit, "HEAD", "--", *code_files(stem))
+    return None if diff is None or diff.returncode else diff.stdout.split()
+
+
 def provenance_line(stem: str, state: dict | None) -> str:
     """One line for REPORT.md: the commit a notebook's outputs came from, and whether the notebook's
     code (the notebook and the modules it imports) has changed since, naming the files if so."""
@@ -96,10 +103,9 @@ def provenance_line(stem: str, state: dict | None) -> str:
     commit = state["commit"][:10]
     if state.get("dirty"):
         return f"Code: commit {commit} **with uncommitted changes**: not a run of committed code."
-    diff = _git("diff", "--name-only", state["commit"], "HEAD", "--", *code_files(stem))
-    if diff is None or diff.returncode:
+    changed = changed_since(state["commit"], stem)
+    if changed is None:
         return f"Code: commit {commit} (not found in this checkout's history)."
-    changed = diff.stdout.split()
     if changed:
         shown = ", ".join(f"`{p}`" for p in changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         return (f"Code: commit {commit}; **older than the committed code**: {len(changed)} file(s) it runs changed since "

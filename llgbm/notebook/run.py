@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from llgbm.core import flops
 from llgbm.core.cli import add_debug
 from llgbm.core.utils import PROFILES, REPO_ROOT, atomic_write_json, check_known, llgbm_home, machine
+from llgbm.notebook.provenance import code_state
 from llgbm.notebook.report import reports_root, write_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -164,20 +165,23 @@ def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
 
 
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
-                  note: str | None = None, cells: list[dict] | None = None, counted: dict | None = None) -> None:
+                  note: str | None = None, cells: list[dict] | None = None, counted: dict | None = None,
+                  code: dict | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
     partial reruns (`--only`). `mode` (suite_mode at the start of the whole run, or own_mode for a
     notebook with its own caches) also files it as
     that notebook's latest cold, warm or partial run, so the report can show both kinds. `note` says
     what else to know about the run (the report prints it under the run-times table); `cells` its
     slowest cells (`cell_seconds`), where the minutes went; `counted` the FLOPs its kernel counted
-    (`llgbm.core.flops`: flops, seconds counted), for the suite's use of the peak."""
+    (`llgbm.core.flops`: flops, seconds counted), for the suite's use of the peak; `code` the commit it ran
+    (`provenance.code_state`), so a cold time from older code can be told apart."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
                  **({"start_state": state} if state else {}), **({"note": note} if note else {}),
                  **({"cells": cells} if cells else {}),
-                 **({"flops": counted["flops"], "flops_seconds": counted["seconds"]} if counted else {}))
+                 **({"flops": counted["flops"], "flops_seconds": counted["seconds"]} if counted else {}),
+                 **({"commit": code["commit"], "dirty": code["dirty"]} if code and code.get("commit") else {}))
     atomic_write_json(path, file_timing(timings, stem, entry, mode))
 
 
@@ -190,7 +194,7 @@ def file_timing(timings: dict, stem: str, entry: dict, mode: str | None = None, 
     latest = {k: v for k, v in entry.items() if k not in ("runs", "history")}
     if mode is not None:
         if mode in runs:
-            history.append(dict(mode=mode, **{k: runs[mode][k] for k in ("seconds", "finished", "machine", "note")
+            history.append(dict(mode=mode, **{k: runs[mode][k] for k in ("seconds", "finished", "machine", "note", "commit")
                                               if k in runs[mode]}))
         runs[mode] = dict(latest)
     return dict(timings, **{stem: dict(latest, **({"runs": runs} if runs else {}),
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         state = cache_state(args.profile)
         estimate = f", last run {duration(last[nb.stem]['seconds'])}" if nb.stem in last else ""
         print(f"[llgbm.run] {i}/{len(selected)} {nb.name} ({args.profile}; zoo {state['state']}{estimate})", flush=True)
-        t0, own = time.time(), cache_files(nb.stem)
+        t0, own, code = time.time(), cache_files(nb.stem), code_state(nb.stem)
         try:
             run_notebook(nb, args.profile, args.kernel, args.timeout, progress=f"{nb.stem}{estimate}")
         except pm.PapermillExecutionError as e:
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.time() - t0
         record_timing(args.profile, nb.stem, seconds, state, mode if own is None else own_mode(own, cache_files(nb.stem)), args.note,
                       cell_seconds(reports_root() / args.profile / "_executed" / nb.name),
-                      flops.read(reports_root() / args.profile / nb.stem / "flops.json"))
+                      flops.read(reports_root() / args.profile / nb.stem / "flops.json"), code)
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

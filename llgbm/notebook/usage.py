@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from llgbm.core import artefacts
+from llgbm.notebook import provenance
 
 
 def _short(stem: str) -> str:
@@ -98,6 +99,32 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     if untimed:
         lines.append("- No counted cold run yet (the suite's share waits for them): " + ", ".join(untimed) + ".")
     return lines + [""]
+
+
+def cold_code(timings: dict) -> list[str]:
+    """Whether each notebook's cold time was measured on the code it runs now: a cold run at a commit
+    whose code (`provenance.code_files`) changed since may not hold any more (a notebook that grew
+    takes longer cold than its last cold run says); runs from before runs recorded their commit are
+    named apart."""
+    lines, unrecorded = [], []
+    for k, v in sorted(timings.items()):
+        run = v.get("runs", {}).get("cold")
+        if run is None:
+            continue
+        if not run.get("commit"):
+            unrecorded.append(_short(k))
+            continue
+        changed = provenance.changed_since(run["commit"], k)
+        if changed is None:
+            lines.append(f"- {k}: its cold run's commit {run['commit'][:10]} is not in this checkout's history.")
+        elif changed or run.get("dirty"):
+            lines.append(f"- {k}: its cold time ({run['seconds']:.0f} s) was measured at {run['commit'][:10]}"
+                         + (" with uncommitted changes" if run.get("dirty") else "")
+                         + f"; {len(changed)} file(s) of the code it runs changed since: the time may not hold for the code now.")
+    if unrecorded:
+        lines.append(f"- Cold runs from before runs recorded their commit ({', '.join(unrecorded)}): whether their code changed "
+                     "since is not known.")
+    return ["**Cold times and the code now.**", *lines, ""] if lines else []
 
 
 def _mode(entry: dict) -> str:
