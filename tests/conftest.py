@@ -47,3 +47,13 @@ def tiny_zoo(tiny, lab_home):
     deltas, cache = activations.zoo_deltas(model, tok, root, manifest, create_generic_probes(), "tiny-fp",
                                      cache_root=lab_home / "deltas", progress=False)
     return root, manifest, deltas, cache
+
+
+@pytest.fixture(autouse=True)
+def _no_counting_after_a_test():
+    """A test that made a NotebookReport started the FLOP counter and the artefact record in this
+    process: stop both after it, so later tests run without the hook and write nowhere."""
+    yield
+    from llgbm.core import artefacts, flops
+    flops.stop()
+    artefacts.stop()
