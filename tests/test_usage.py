@@ -35,11 +35,15 @@ def test_flops_count_forward_and_the_backward_it_implies(counting):
     assert json.loads(counting.read_text())["flops"] == c["flops"] + 2 * (2 * 5 * 8 * 4)   # its forward and backward
 
 
-def test_flops_stop_removes_the_hook_and_a_restart_counts_afresh(tmp_path, counting):
+def test_flops_stop_puts_linear_back_and_a_restart_counts_afresh(tmp_path):
+    original = torch.nn.Linear.forward
+    flops.start(tmp_path / "first.json")
     torch.nn.Linear(2, 2)(torch.randn(1, 2))
     flops.start(tmp_path / "second.json")
-    assert flops.counts()["flops"] == 0
+    assert flops.counts()["flops"] == 0 and torch.nn.Linear.forward is not original
     flops.stop()
+    assert torch.nn.Linear.forward is original
+    assert flops.read(tmp_path / "first.json")["flops"] == 2 * (2 * 1 * 2 * 2)      # forward and its weight gradient
     torch.nn.Linear(2, 2)(torch.randn(1, 2))
     assert flops.read(tmp_path / "second.json")["flops"] == 0 and flops.read(tmp_path / "none.json") is None
 
