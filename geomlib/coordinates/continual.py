@@ -96,6 +96,11 @@ def _train(model, tok, params, pools, weights, cfg: CLConfig, seed: int, stage: 
     return loss.item()
 
 
+def run_dir(cfg: CLConfig):
+    """Where the runs of this config are cached (each (method, seed) one JSON file)."""
+    return llgbm_home() / "continual" / config_hash(dict(cfg=asdict(cfg), v=1))
+
+
 def _pools(tok, tasks):
     return [encode_pairs(tok, get_task(t), get_task(t).train) for t in tasks]
 
@@ -105,7 +110,7 @@ def run_method(method: str, model, tok, cfg: CLConfig, seed: int, progress: bool
     (lists of 0/1; None for tasks not yet trained). Cached under $LLGBM_HOME/continual/."""
     if method not in TRAINED:
         raise ValueError(f"unknown trained method {method!r}; known: {', '.join(TRAINED)} (per_task_lora: see per_task_rows)")
-    path = llgbm_home() / "continual" / config_hash(dict(cfg=asdict(cfg), v=1)) / f"{method}-seed{seed}.json"
+    path = run_dir(cfg) / f"{method}-seed{seed}.json"
     if path.exists():
         artefacts.used(path, trained=False)
         return json.loads(path.read_text())
