@@ -71,6 +71,14 @@ def test_goal_verdicts_follow_the_numbers(kw, row, says):
     assert len(rows) == 6 and rows[row][2] == says
 
 
+@pytest.mark.parametrize("minutes, split, says", [(85.0, False, "met"), (90.0, True, "met"), (301.0, True, "not met")])
+def test_the_cold_budget_row_follows_the_stage_clock(minutes, split, says):
+    rows = ledger.goals(_metrics() | {"cold_minutes": minutes, "budget_minutes": 90.0, "cold_split": split}, "sft")
+    claim, source, verdict, evidence = rows[5]
+    assert len(rows) == 7 and "90-min budget" in claim and verdict == says and rows[6][1] == "lab control (issue 27)"
+    assert f"cold: {minutes:.0f} min" in evidence and ("split across sessions" in evidence) == split
+
+
 def test_paired_table_covers_groups_and_controls():
     ev = {("base", 0): _scores(-2.0), ("icl", 0): _scores(-1.0), ("sft", 0): _scores(-0.5), ("sft", 1): _scores(-0.6),
           ("other", 0): _scores(-1.9), ("multitask_lora", 0): _scores(-1.2)}
@@ -133,6 +141,10 @@ def test_stage_clock_adds_the_parts_of_an_interrupted_cold_stage(tmp_path):
     table = suiterun.stage_table(suiterun.StageClock(lab))
     assert table.loc["b", "first run split"] and table.loc["total", "first run split"]
     assert table.loc["b", "first run (min)"] == pytest.approx(killed.first["b"] / 60)
+    assert suiterun.cold_budget(killed, 5400) == {}                    # the budget is the quick profile's
+    quick = suiterun.StageClock(SimpleNamespace(**{**vars(lab), "profile": "quick"}))
+    quick.first, quick.interrupted = {"a": 600.0, "b": 1200.0}, {"b"}
+    assert suiterun.cold_budget(quick, 5400) == dict(cold_minutes=30.0, budget_minutes=90.0, cold_split=1.0)
     path = next(tmp_path.glob("stage-seconds-*.json"))
     beats = suiterun.StageClock(lab, tick=0.05)
     with beats.stage("c"):

@@ -48,7 +48,7 @@ class StageClock:
         self.interrupted: set[str] = set(saved.pop("_split", []))
         self.first: dict[str, float] = saved
         self.now: dict[str, float] = {}
-        self.tick = tick
+        self.tick, self.profile = tick, lab.profile
 
     def _save(self, running: dict[str, float] | None = None) -> None:
         partial = {**self.partial, **(running or {})}
@@ -275,6 +275,14 @@ def plan_table(lab: SuiteLab) -> pd.DataFrame:
         ("scaling, between", ", ".join(map(str, sizes_[1:-1])) + " training tasks", f"{cfg.steps}",
          ", ".join(map(str, cfg.curve_seeds)), "test, log-lik only")]
     return pd.DataFrame(rows, columns=["condition", "trains on", "steps", "seeds", "items"]).set_index("condition")
+
+
+def cold_budget(clock: StageClock, budget_s: float) -> dict[str, float]:
+    """06's cold minutes (every stage's first run, summed) against its budget, for the ledger's budget
+    row; the budget is the quick profile's on this machine's 2 cores, so other profiles get none."""
+    if clock.profile != "quick":
+        return {}
+    return dict(cold_minutes=sum(clock.first.values()) / 60, budget_minutes=budget_s / 60, cold_split=float(bool(clock.interrupted)))
 
 
 def stage_table(clock: StageClock) -> pd.DataFrame:

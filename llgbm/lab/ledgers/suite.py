@@ -98,7 +98,7 @@ def _ci(m: dict, key: str) -> str:
 
 
 def goals(m: dict, best: str) -> list[tuple[str, str, str, str]]:
-    """The issue's five goals and the controls, each (claim, source, verdict, evidence) from the metrics."""
+    """The issue's five goals, 06's cold budget and the controls, each (claim, source, verdict, evidence) from the metrics."""
     src = "lab goal (issue 27)"
     ratio = m["prompt_ratio"]
     moon = m[f"near_{best}_minus_icl_diff_loglik_lo"] > 0 and ratio >= PROMPT_RATIO
@@ -123,11 +123,23 @@ def goals(m: dict, best: str) -> list[tuple[str, str, str, str]]:
             else "not scored (log-lik only: the compute plan)")),
         ("The README's add_4 example reaches ≥ 50% exact match", src, word[m["user_acc_adapter"] >= USER_TARGET],
          f"add_4, generated adapter {m['user_acc_adapter']:.1%} vs base {m['user_acc_base']:.1%}"),
+        *_budget_rows(m),
         ("The generator reads the task: its own prompts beat another task's prompts and random text", "lab control (issue 27)",
          "supported" if all(reads) else "refuted" if not any(reads) else "mixed",
          f"own − other task's prompts: log-lik {_ci(m, f'all_{best}_minus_other_diff_loglik')}; own − random text: "
          f"{_ci(m, f'all_{best}_minus_random_diff_loglik')} per token"),
     ]
+
+
+def _budget_rows(m: dict) -> list[tuple[str, str, str, str]]:
+    """Issue 27's compute plan: notebook 06 within its cold budget on 2 cores, from the stage clock
+    (the first run of every stage, summed over the sessions a cold run was split across)."""
+    if "cold_minutes" not in m:
+        return []
+    met = m["cold_minutes"] <= m["budget_minutes"]
+    return [(f"Notebook 06 runs cold within its {m['budget_minutes']:.0f}-min budget on this machine", "lab budget (issue 27)",
+             "met" if met else "not met", f"cold: {m['cold_minutes']:.0f} min (every stage's first run, from the stage clock; "
+             f"{'split across sessions' if m.get('cold_split') else 'one run'}) against {m['budget_minutes']:.0f} min")]
 
 
 def verdict(m: dict, best: str, goal_rows: list) -> str:
