@@ -308,6 +308,27 @@ def test_notebooks_with_their_own_caches_are_filed_by_them(tmp_path, monkeypatch
     assert set(run.OWN_CACHES) <= {nb.stem for nb in run.notebooks(None)}
 
 
+def test_notebooks_without_own_caches_are_filed_by_the_artefacts_they_read(tmp_path, monkeypatch):
+    """04 over 00's zoo and generator runs is cold when it trained its own runs; partial when it also
+    read back one of its own; a notebook that trains nothing keeps the suite's mode."""
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path))
+
+    def record(stem, rows):
+        (tmp_path / "quick" / stem).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "quick" / stem / "artefacts.json").write_text(json.dumps(
+            {k: dict(kind="x", trained=t) for k, t in rows.items()}))
+    record("00_baseline", {"zoo/a": False, "generators/w0": True})
+    record("04_multitask", {"zoo/a": False, "generators/w0": False, "generators/d0": True})
+    assert run.artefact_mode("quick", "04_multitask", "warm") == "cold"
+    record("04_multitask", {"zoo/a": False, "generators/d1": False, "generators/d0": True})
+    assert run.artefact_mode("quick", "04_multitask", "warm") == "partial"
+    record("04_multitask", {"zoo/a": False, "generators/d1": False})
+    assert run.artefact_mode("quick", "04_multitask", "warm") == "warm"
+    assert run.artefact_mode("quick", "02_dataset", "cold") == "cold"          # no record: the suite's mode
+    record("00_baseline", {"zoo/a": True, "generators/w0": True})
+    assert run.artefact_mode("quick", "00_baseline", "partial") == "cold"       # nothing earlier: all its own
+
+
 def test_suite_mode_reads_the_cache_state():
     state = dict(state="cold", zoo_runs=0, zoo_planned=24, generator_runs=0, cached_deltas=48)
     assert run.suite_mode(state) == "cold"                  # the committed deltas do not make it warm

@@ -153,6 +153,22 @@ def suite_mode(state: dict) -> str:
     return "warm" if state["state"] == "warm" and state["generator_runs"] > 0 else "partial"
 
 
+def artefact_mode(profile: str, stem: str, fallback: str) -> str:
+    """How a notebook without its own cache folders ran, from the artefacts it recorded (its
+    artefacts.json, `llgbm.core.artefacts`): "cold" when it trained artefacts and read back only ones
+    that an earlier notebook (phase order) also uses, "partial" when it read back one of its own
+    too; `fallback` (the suite's mode at the start) when it trained none. So 04, 04b and 05 run over
+    00's zoo and generator runs file cold when their own generator runs were all trained."""
+    def record(name: str) -> dict:
+        path = reports_root() / profile / name / "artefacts.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+    mine, order = record(stem), [p.stem for p in notebooks()]
+    if not any(row.get("trained") for row in mine.values()):
+        return fallback
+    earlier = set().union(*(record(name) for name in order[:order.index(stem)])) if stem in order else set()
+    return "partial" if any(not row.get("trained") and key not in earlier for key, row in mine.items()) else "cold"
+
+
 def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
     """The `top` slowest code cells of an executed notebook (papermill's per-cell durations): cell
     index, seconds and the cell's first line, slowest first."""
@@ -234,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[llgbm.run] executed copy: {reports_root() / args.profile / '_executed' / nb.name}", file=sys.stderr)
             return 1
         seconds = time.time() - t0
-        record_timing(args.profile, nb.stem, seconds, state, mode if own is None else own_mode(own, cache_files(nb.stem)), args.note,
+        filed = artefact_mode(args.profile, nb.stem, mode) if own is None else own_mode(own, cache_files(nb.stem))
+        record_timing(args.profile, nb.stem, seconds, state, filed, args.note,
                       cell_seconds(reports_root() / args.profile / "_executed" / nb.name),
                       flops.read(reports_root() / args.profile / nb.stem / "flops.json"), code)
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
