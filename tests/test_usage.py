@@ -112,9 +112,34 @@ def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_
     assert "| 00_baseline | cold | 100 | 2.00 | 20.0 | 0.200 |" in text
     assert "| 01_delta_caching | cold | 80 | 4.00 | 50.0 | 0.500 |" in text
     assert "| 01_delta_caching | latest (warm) | 50 | 1.00 | 20.0 | 0.200 |" in text
-    assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5)" in text
+    assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5: **not met**)" in text
     assert "No counted cold run yet (the suite's share waits for them): 02_dataset" in text
     assert usage.bench_peak(tmp_path / "nowhere") is None
+
+
+def _bench(teacher=(96.0, 0.5578), trainer=(73.6, 0.5578), ours8=10.4, peft8=6.9, diff=9.5e-7, cheaper=288.0):
+    return dict(machine="a CPU", peer_teacher=[dict(index="zoo loop", tokens_per_s=teacher[0], final_loss=teacher[1]),
+                                               dict(index="Trainer + peft", tokens_per_s=trainer[0], final_loss=trainer[1])],
+                peer_scoring=[dict(index="shared forwards (ours)", adapters=8, items_per_s=ours8, max_abs_diff=0.0),
+                              dict(index="peft mixed batch", adapters=8, items_per_s=peft8, max_abs_diff=diff),
+                              dict(index="shared forwards (ours)", adapters=4, items_per_s=99.0, max_abs_diff=0.0)],
+                peer_generation=[dict(index="end to end, warm (median of 3)", seconds=0.17, times_cheaper_than_teacher=cheaper),
+                                 dict(index="encode prompts (MiniLM)", seconds=0.089, times_cheaper_than_teacher=550.0),
+                                 dict(index="one teacher (training)", seconds=49.0, times_cheaper_than_teacher=1.0)])
+
+
+@pytest.mark.parametrize("kw, goal, says", [
+    ({}, "Teacher training", "**met**"), ({"trainer": (80.0, 0.5578)}, "Teacher training", "**not met**"),
+    ({"teacher": (200.0, 0.60)}, "Teacher training", "**not met**"),            # faster at a worse loss is not the goal
+    ({}, "Scoring 8 adapters", "**not met**"), ({"ours8": 14.0}, "Scoring 8 adapters", "**met**"),
+    ({"ours8": 14.0, "diff": 1e-2}, "Scoring 8 adapters", "**not met**"),       # faster with other scores is not the goal
+    ({}, "cheaper than training one teacher", "**not met**"), ({"cheaper": 1200.0}, "cheaper than training one teacher", "**met**")])
+def test_peer_goals_are_met_or_not_from_the_bench(tmp_path, kw, goal, says):
+    (tmp_path / "bench.json").write_text(json.dumps(_bench(**kw)))
+    (line,) = [ln for ln in usage.peer_goals(tmp_path) if goal in ln]
+    assert line.split(": ", 1)[1].startswith(says) and "a CPU" in "\n".join(usage.peer_goals(tmp_path))
+    assert "encode prompts (MiniLM) 89 ms" in "\n".join(usage.peer_goals(tmp_path))
+    assert "No bench run with peers yet" in "\n".join(usage.peer_goals(tmp_path / "nowhere"))
 
 
 def test_cold_times_say_whether_the_code_changed_since(monkeypatch):

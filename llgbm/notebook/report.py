@@ -312,6 +312,7 @@ def write_report(profile: str, notebooks: list[Path]) -> Path:
             claims += json.loads((d / "claims.json").read_text())
     if timings:
         lines += run_times(profile, timings) + usage.cold_code(timings) + usage.utilisation(timings, usage.bench_peak(root))
+        lines += usage.peer_goals(root)
     lines += usage.artefact_table(root, [nb.stem for nb in notebooks])
     lines += ["## Claims ledger", ""]
     if claims:

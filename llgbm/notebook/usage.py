@@ -1,6 +1,7 @@
-"""Two REPORT sections on what the suite spends (issue 30): the trained artefacts and the notebooks
-that use them (each one trained once, a run two notebooks need being the same cached run), and the
-share of the machine's fp32 peak that the notebooks' counted FLOPs reach over their wall time."""
+"""REPORT sections on what the suite spends (issue 30): the trained artefacts and the notebooks that
+use them (each one trained once, a run two notebooks need being the same cached run), the share of
+the machine's fp32 peak that the notebooks' counted FLOPs reach over their wall time, and the
+performance goals against the tools a user would use instead (the bench's peer rows)."""
 from __future__ import annotations
 
 import json
@@ -93,9 +94,11 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     untimed = [k for k in timings if k not in cold]
     if cold:
         flops, seconds = sum(r["flops"] for r in cold.values()), sum(r["seconds"] for r in cold.values())
-        share = f"{flops / seconds / peak[0]:.3f} of the peak" if peak else "its share of the peak unknown (no bench.json)"
+        share = (f"{flops / seconds / peak[0]:.3f} of the peak (goal: {PEAK_GOAL}: "
+                 + ("**met**" if flops / seconds / peak[0] >= PEAK_GOAL else "**not met**") + ")") if peak \
+            else f"its share of the peak unknown (no bench.json; goal: {PEAK_GOAL})"
         lines += ["", f"- The cold runs with counted FLOPs ({', '.join(map(_short, cold))}): {flops / 1e12:.1f} TFLOP in "
-                  f"{seconds / 60:.0f} min, {flops / seconds / 1e9:.1f} GFLOP/s, {share} (goal: 0.5)."]
+                  f"{seconds / 60:.0f} min, {flops / seconds / 1e9:.1f} GFLOP/s, {share}."]
     if untimed:
         lines.append("- No counted cold run yet (the suite's share waits for them): " + ", ".join(untimed) + ".")
     return lines + [""]
@@ -125,6 +128,43 @@ def cold_code(timings: dict) -> list[str]:
         lines.append(f"- Cold runs from before runs recorded their commit ({', '.join(unrecorded)}): whether their code changed "
                      "since is not known.")
     return ["**Cold times and the code now.**", *lines, ""] if lines else []
+
+
+TEACHER_GOAL, SCORING_GOAL, SCORING_K, GENERATION_GOAL, PEAK_GOAL = 1.3, 2.0, 8, 1000.0, 0.5   # issue 30's goals
+
+
+def peer_goals(root: Path) -> list[str]:
+    """Issue 30's goals against the peers, each met or not, from bench.json's peer rows (one bench
+    run, one machine): teacher tokens/s against Trainer + peft at equal final loss, scoring 8 adapters
+    against peft's mixed batch with equal scores, and a generated adapter end to end against one teacher."""
+    path = Path(root) / "bench.json"
+    bench = json.loads(path.read_text()) if path.exists() else {}
+    lines = ["## Performance against the tools a user would use instead", ""]
+    if not any(k in bench for k in ("peer_teacher", "peer_scoring", "peer_generation")):
+        return lines + ["No bench run with peers yet: `python -m llgbm.bench --profile quick --peers`.", ""]
+    word = (lambda ok: "**met**" if ok else "**not met**")
+    lines.append(f"From `python -m llgbm.bench --peers` (bench.md: both sides of every row), on {bench.get('machine', 'an unrecorded machine')}.")
+    rows = {r["index"]: r for r in bench.get("peer_teacher", [])}
+    if {"zoo loop", "Trainer + peft"} <= set(rows):
+        ours, peer = rows["zoo loop"], rows["Trainer + peft"]
+        ratio, loss = ours["tokens_per_s"] / peer["tokens_per_s"], ours["final_loss"] / peer["final_loss"]
+        lines.append(f"- Teacher training ≥ {TEACHER_GOAL}× Trainer + peft tokens/s at equal final loss: {word(ratio >= TEACHER_GOAL and abs(loss - 1) < 1e-3)}"
+                     f", {ratio:.2f}× ({ours['tokens_per_s']:.1f} vs {peer['tokens_per_s']:.1f} tokens/s; final loss ratio {loss:.6f}).")
+    scoring = {r["index"]: r for r in bench.get("peer_scoring", []) if r.get("adapters") == SCORING_K}
+    if {"shared forwards (ours)", "peft mixed batch"} <= set(scoring):
+        ours, peer = scoring["shared forwards (ours)"], scoring["peft mixed batch"]
+        ratio, diff = ours["items_per_s"] / peer["items_per_s"], peer["max_abs_diff"]
+        lines.append(f"- Scoring {SCORING_K} adapters ≥ {SCORING_GOAL:.0f}× peft's mixed batch, same scores: {word(ratio >= SCORING_GOAL and diff < 1e-4)}"
+                     f", {ratio:.2f}× ({ours['items_per_s']:.1f} vs {peer['items_per_s']:.1f} items/s; scores {diff:.1e} apart at most).")
+    gen = {r["index"]: r for r in bench.get("peer_generation", [])}
+    warm = next((r for k, r in gen.items() if k.startswith("end to end, warm")), None)
+    if warm:
+        stages = ", ".join(f"{k} {r['seconds'] * 1e3:.0f} ms" for k, r in gen.items()
+                           if not k.startswith("end to end") and k != "one teacher (training)")
+        lines.append(f"- A generated adapter ≥ {GENERATION_GOAL:.0f}× cheaper than training one teacher, end to end: "
+                     f"{word(warm['times_cheaper_than_teacher'] >= GENERATION_GOAL)}, {warm['times_cheaper_than_teacher']:.0f}× "
+                     f"({warm['seconds'] * 1e3:.0f} ms warm; {stages}).")
+    return lines + [""]
 
 
 def _mode(entry: dict) -> str:
