@@ -139,6 +139,35 @@ def test_evaluate_caches_item_scores_in_the_run_folder(setup, tiny, monkeypatch,
     assert not np.allclose(together[1]["add_3"]["loglik"], together[2]["add_3"]["loglik"])
 
 
+def test_an_interrupted_evaluation_keeps_the_tasks_it_scored(setup, tiny, monkeypatch, tmp_path):
+    """Scores are kept task by task while an evaluation runs: stopped in its second task, a rerun
+    scores only the tasks left, and the finished cache equals an uninterrupted run's."""
+    data, sup = setup
+    model, tok = tiny
+    res = train.train(data, GCFG, train.TrainingConfig.preset("smoke", "weight", steps=2), 0, sup,
+                      run_dir=tmp_path / "run", progress=False)
+    enc, lcfg = models.load_encoder(), ZooConfig.preset("smoke").lora_config()
+    names = ["add_3", "caesar_1"]
+    real, calls = sample.evaluate_adapters, []
+
+    def stop_in_second(*a, **k):
+        calls.append(a[2].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(sample, "evaluate_adapters", stop_in_second)
+    with pytest.raises(KeyboardInterrupt):
+        sample.evaluate_many([res], enc, model, tok, data.lora_tokenizer, lcfg, names, 3, progress=False)
+    assert [p.name.endswith(".partial") for p in (tmp_path / "run").glob("eval_*")] == [True]
+    calls.clear()
+    monkeypatch.setattr(sample, "evaluate_adapters", lambda *a, **k: calls.append(a[2].name) or real(*a, **k))
+    resumed = sample.evaluate_many([res], enc, model, tok, data.lora_tokenizer, lcfg, names, 3, progress=False)[0]
+    assert calls == ["caesar_1"] and [p.name.endswith(".json") for p in (tmp_path / "run").glob("eval_*")] == [True]
+    fresh = real(model, tok, tasks.get_task("add_3"), [data.lora_tokenizer.detokenize(
+        sample.generate_tokens(res.generator, enc, tasks.get_task("add_3").prompts("train")))], n=3, lora_config=lcfg)[0]
+    np.testing.assert_allclose(resumed["add_3"]["loglik"], fresh.loglik, atol=1e-5)
+
+
 def test_evaluate_caches_the_generated_delta_and_skips_minilm_when_all_is_cached(setup, tiny, monkeypatch, tmp_path):
     data, sup = setup
     model, tok = tiny

@@ -98,7 +98,9 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
     beside them (keyed by the supervision's probes and base activation) and its cosines with the
     teacher deltas recomputed; a run with everything cached runs neither MiniLM nor the generator.
     `n_dev` dev items follow each task's `n_items` test items (`Task.items`). `prefix(task)` is text
-    before every test prompt (a few-shot prompt: the generated adapter *and* the demonstrations)."""
+    before every test prompt (a few-shot prompt: the generated adapter *and* the demonstrations).
+    While it runs, each task's scores are kept beside the cache (`.partial`): an interrupted
+    evaluation resumes at the first task it had not scored."""
     condition = condition or (lambda task: task.prompts("train"))
     texts = {name: condition(get_task(name)) for name in task_names}
     with_delta = supervision is not None and teacher_deltas is not None
@@ -108,6 +110,7 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
     saved = [_read(c, float) for c in caches]
     deltas = [_read(c, np.float32) if with_delta else None for c in delta_caches]
     todo = [i for i, s in enumerate(saved) if s is None]
+    partial = {i: _read(_partial(caches[i]), float) or {} for i in todo}     # tasks an interrupted run scored
     need_tokens = [i for i in range(len(results)) if saved[i] is None or (with_delta and deltas[i] is None)]
     outs: list[dict] = [{} for _ in results]
     new_deltas: dict[int, dict] = {i: {} for i in range(len(results)) if with_delta and deltas[i] is None}
@@ -121,12 +124,18 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
             if key not in encoded:      # MiniLM once per task, whatever the number of runs
                 encoded[key] = generation_condition(encoder, texts[name], g.n_prompts, g.prompt_tokens)
             tokens[i] = generate_tokens(results[i].generator, encoder, texts[name], encoded[key])
-        if todo:
+        if todo and all(name in partial[i] for i in todo):
+            for i in todo:
+                outs[i][name] = dict(partial[i][name])
+        elif todo:
             scores = evaluate_adapters(model, tokenizer, task, [lora_tokenizer.detokenize(tokens[i]) for i in todo],
                                        n=n_items, lora_config=lora_config, loglik_only=loglik_only, n_dev=n_dev,
                                        prefix=prefixes[name] if prefixes else "")
             for i, s in zip(todo, scores):
                 outs[i][name] = dict(correct=s.correct.astype(float), loglik=s.loglik)
+                if caches[i] is not None:          # kept task by task: an interruption loses one task's scoring
+                    cache.write(_partial(caches[i]), {t: {k: np.asarray(d[k], dtype=float) for k in ("correct", "loglik")}
+                                                      for t, d in outs[i].items()})
         for i, s in enumerate(saved):
             if s is not None:
                 outs[i][name] = dict(s[name])
@@ -139,10 +148,16 @@ def evaluate_many(results: list, encoder, model, tokenizer, lora_tokenizer: LoRA
     for i in todo:
         if caches[i] is not None:
             cache.write(caches[i], {t: {k: np.asarray(d[k], dtype=float) for k in ("correct", "loglik")} for t, d in outs[i].items()})
+            _partial(caches[i]).unlink(missing_ok=True)
     for i, d in new_deltas.items():
         if delta_caches[i] is not None:
             cache.write(delta_caches[i], {t: np.asarray(v, dtype=float) for t, v in d.items()})
     return outs
+
+
+def _partial(path: Path | None) -> Path | None:
+    """Where an unfinished evaluation keeps the tasks it has scored (beside its cache file)."""
+    return None if path is None else Path(path).with_name(Path(path).name + ".partial")
 
 
 def _read(path: Path | None, dtype) -> dict | None:
