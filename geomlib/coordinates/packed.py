@@ -133,10 +133,12 @@ def exact_matches(flora: FunctionalLoRA, tok, states: dict[str, torch.Tensor], t
 
 def run_packed(model, tok, cfg: CLConfig, methods=LORA_METHODS, progress: bool = True) -> dict[tuple[str, int], dict]:
     """{(method, seed): run} for the LoRA methods: cached runs read back, the rest trained together."""
+    unknown = [m for m in methods if m not in LORA_METHODS]
+    if unknown:
+        raise ValueError(f"unknown LoRA method {unknown[0]!r}; known: {', '.join(LORA_METHODS)}")
     out, todo = {}, []
     for s in cfg.seeds:
         for m in methods:
-            stage_sources(m, 1, [[]] * 2, [])                 # refuses an unknown method before any work
             path = _path(cfg, m, s)
             if path.exists():
                 artefacts.used(path, trained=False)
