@@ -75,7 +75,7 @@ def test_packed_evaluation_equals_one_adapter_at_a_time(tiny, lab_home):
 def test_run_all_caches_every_run_and_reads_them_back(tiny, lab_home, monkeypatch):
     model, tok = tiny
     cfg = continual.CLConfig.preset("smoke", seeds=(0,))
-    with pytest.raises(ValueError, match="unknown LoRA method 'ewc'"):
+    with pytest.raises(ValueError, match=r"unknown LoRA method\(s\) \['ewc'\]"):
         packed.run_packed(model, tok, cfg, ("ewc",))
     runs = packed.run_all(model, tok, cfg, methods=packed.LORA_METHODS, progress=False)
     T = len(cfg.tasks)

@@ -28,7 +28,7 @@ from llgbm.core import artefacts
 from llgbm.core.functional import FunctionalLoRA
 from llgbm.core.lora import stack_states
 from llgbm.core.tasks import get_task
-from llgbm.core.utils import atomic_write_json, warmup_lr
+from llgbm.core.utils import atomic_write_json, check_known, warmup_lr
 from llgbm.eval.scoring import build_batch, greedy_answers, target_logprobs
 
 from . import continual
@@ -133,9 +133,7 @@ def exact_matches(flora: FunctionalLoRA, tok, states: dict[str, torch.Tensor], t
 
 def run_packed(model, tok, cfg: CLConfig, methods=LORA_METHODS, progress: bool = True) -> dict[tuple[str, int], dict]:
     """{(method, seed): run} for the LoRA methods: cached runs read back, the rest trained together."""
-    unknown = [m for m in methods if m not in LORA_METHODS]
-    if unknown:
-        raise ValueError(f"unknown LoRA method {unknown[0]!r}; known: {', '.join(LORA_METHODS)}")
+    check_known(methods, LORA_METHODS, "LoRA method(s)")
     out, todo = {}, []
     for s in cfg.seeds:
         for m in methods:
