@@ -1,10 +1,15 @@
 """Shared fixtures: a private LLGBM_HOME per test (models linked from the real cache, so the
-SmolLM2 conversion happens once per machine), the tiny model, and a private reports folder."""
+SmolLM2 conversion happens once per machine), the tiny model, and a private reports folder.
+
+`make test` runs pytest-xdist with two workers (`--dist loadgroup`); the smoke notebooks share one
+home in phase order, so they form one group (`xdist_group("smoke-suite")`) that one worker runs."""
 import os
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):     # `make test` runs two workers on two cores: one thread each (torch and
+    os.environ["OMP_NUM_THREADS"] = "1"       # the notebook kernels it starts), or their OpenMP threads fight for the cores
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,26 @@ def test_greedy_answers_do_not_depend_on_padding(tiny):
     assert batched == alone
 
 
+def test_length_sorted_batches_score_each_item_as_it_scores_alone(tiny):
+    """gold_loglik batches items of similar length together (less padding) and still returns the
+    scores in item order, each equal to the item scored alone."""
+    model, tok = tiny
+    task = get_task("country_en_to_de")
+    pairs = task.test[:7]
+    encoded = scoring.encode_pairs(tok, task, pairs)
+    rows = scoring.length_batches(encoded, 3)
+    assert sorted(j for r in rows for j in r) == list(range(7)) and [len(r) for r in rows] == [3, 3, 1]
+    lengths = [[len(encoded[j][0]) + len(encoded[j][1]) for j in r] for r in rows]
+    assert all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))      # batches in length order
+    assert len({sum(map(len, e)) for e in encoded}) > 1                     # the test needs mixed lengths
+    batched = scoring.gold_loglik(model, tok, task, pairs, batch_size=3)
+    alone = np.array([scoring.gold_loglik(model, tok, task, [p])[0] for p in pairs])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    two = scoring.gold_loglik(model, tok, task, pairs, batch_size=3, copies=2)
+    assert two.shape == (2, 7)
+    np.testing.assert_allclose(two, np.stack([alone, alone]), atol=1e-5)
+
+
 def test_evaluate_task_scores_items(tiny):
     model, tok = tiny
     s = scoring.evaluate_task(model, tok, get_task("add_1"), n=6)
