@@ -171,6 +171,32 @@ def test_runner_stops_on_a_failing_notebook(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "reports" / "smoke" / "_executed" / "01_after.ipynb").exists()
 
 
+def test_a_stage_clock_cold_total_is_filed_as_the_notebooks_cold_run(tmp_path, monkeypatch):
+    """06 keeps its cold total on a stage clock across sittings; a sitting that read stages back is
+    filed as what it was, and the clock's total as the notebook's cold run (no FLOPs: not every sitting
+    counted them), not an older cold run of other code."""
+    import nbformat
+    write = ("import json, os, pathlib\np = pathlib.Path(os.environ['LLGBM_REPORTS']) / 'smoke' / '06_zeroshot'\n"
+             "p.mkdir(parents=True, exist_ok=True)\n(p / 'metrics.json').write_text(json.dumps(dict(cold_minutes=200.0, cold_split=1.0)))")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('profile = "quick"', metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell(write)],
+                                  metadata={"kernelspec": {"name": "llgbm", "display_name": "LLGBM Lab", "language": "python"}})
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, tmp_path / "nb" / "06_zeroshot.ipynb")
+    (tmp_path / "home" / "suite").mkdir(parents=True)
+    (tmp_path / "home" / "suite" / "stage.json").write_text("{}")          # its own cache: not a cold run
+    monkeypatch.setattr(run, "NOTEBOOKS", tmp_path / "nb")
+    monkeypatch.setenv("LLGBM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LLGBM_REPORTS", str(tmp_path / "reports"))
+    assert run.stage_clock_cold("smoke", "06_zeroshot") is None
+    assert run.main(["--profile", "smoke", "--note", "a sitting"]) == 0
+    entry = json.loads((tmp_path / "reports" / "smoke" / "timings.json").read_text())["06_zeroshot"]
+    cold, warm = entry["runs"]["cold"], entry["runs"]["warm"]
+    assert cold["seconds"] == 12000.0 and "stage clock" in cold["note"] and "errs high" in cold["note"] and "flops" not in cold
+    assert warm["note"] == "a sitting" and warm["seconds"] < 600 and entry["seconds"] == warm["seconds"]   # latest: the sitting
+    assert "12000" in (tmp_path / "reports" / "smoke" / "REPORT.md").read_text()
+
+
 def test_run_times_read_as_a_person_would():
     assert [run.duration(s) for s in (4, 83, 150, 599, 3600)] == ["4 s", "83 s", "2.5 min", "10.0 min", "60 min"]
 

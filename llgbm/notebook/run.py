@@ -169,6 +169,20 @@ def artefact_mode(profile: str, stem: str, fallback: str) -> str:
     return "partial" if any(not row.get("trained") and key not in earlier for key, row in mine.items()) else "cold"
 
 
+def stage_clock_cold(profile: str, stem: str) -> tuple[float, str] | None:
+    """(seconds, note) of a notebook's cold total as its own stage clock kept it (06: every stage's
+    first run, summed over the sittings it took; metrics `cold_minutes`, `cold_split`), or None. A
+    run that read stages back is not cold, but this total is its cold time."""
+    path = reports_root() / profile / stem / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    if metrics.get("cold_minutes") is None:
+        return None
+    split = ("; stages split across sittings count the work lost at each stop twice (it errs high)"
+             if metrics.get("cold_split") else "")
+    return 60 * float(metrics["cold_minutes"]), (f"the cold total from the notebook's stage clock: every stage's first run, "
+                                                f"summed over the sittings it took{split}; FLOPs not counted in every sitting")
+
+
 def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
     """The `top` slowest code cells of an executed notebook (papermill's per-cell durations): cell
     index, seconds and the cell's first line, slowest first."""
@@ -251,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         seconds = time.time() - t0
         filed = artefact_mode(args.profile, nb.stem, mode) if own is None else own_mode(own, cache_files(nb.stem))
+        clock = stage_clock_cold(args.profile, nb.stem)
+        if clock and filed != "cold":                 # its cold total, summed over the sittings it took
+            record_timing(args.profile, nb.stem, clock[0], None, "cold", clock[1], code=code)
         record_timing(args.profile, nb.stem, seconds, state, filed, args.note,
                       cell_seconds(reports_root() / args.profile / "_executed" / nb.name),
                       flops.read(reports_root() / args.profile / nb.stem / "flops.json"), code)
