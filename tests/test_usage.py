@@ -106,14 +106,18 @@ def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_
                "01_delta_caching": dict(seconds=50.0, finished="t3", flops=1e12,
                                         runs={"cold": dict(seconds=80.0, finished="t2", flops=4e12),
                                               "warm": dict(seconds=50.0, finished="t3", flops=1e12)}),
-               "02_dataset": dict(seconds=5.0, finished="t0", runs={"cold": dict(seconds=5.0, finished="t0")})}
+               "02_dataset": dict(seconds=5.0, finished="t0", runs={"cold": dict(seconds=5.0, finished="t0")}),
+               "06_zeroshot": dict(seconds=90.0, finished="t4", flops=9e12,          # a stage clock's cold total, filed in
+                                   runs={"cold": dict(seconds=17000.0, finished="t4"),  # the same second as its warm sitting
+                                         "warm": dict(seconds=90.0, finished="t4", flops=9e12)})}
     (tmp_path / "bench.json").write_text(json.dumps(dict(peak_flops_per_s=1e11, machine="a CPU")))
     text = "\n".join(usage.utilisation(timings, usage.bench_peak(tmp_path)))
     assert "| 00_baseline | cold | 100 | 2.00 | 20.0 | 0.200 |" in text
     assert "| 01_delta_caching | cold | 80 | 4.00 | 50.0 | 0.500 |" in text
     assert "| 01_delta_caching | latest (warm) | 50 | 1.00 | 20.0 | 0.200 |" in text
     assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5: **not met**)" in text
-    assert "No counted cold run yet (the suite's share waits for them): 02_dataset" in text
+    assert "No counted cold run yet (the suite's share waits for them): 02_dataset, 06_zeroshot" in text
+    assert "| 06_zeroshot | latest (warm) | 90 | 9.00 | 100.0 | 1.000 |" in text
     assert usage.bench_peak(tmp_path / "nowhere") is None
 
 

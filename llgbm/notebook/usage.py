@@ -89,7 +89,7 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     for k in sorted({*cold, *latest}):
         if k in cold:
             lines.append(row(k, "cold", cold[k]))
-        if k in latest and (k not in cold or cold[k]["finished"] != latest[k]["finished"]):
+        if k in latest and (k not in cold or not _same(cold[k], latest[k])):
             lines.append(row(k, f"latest ({_mode(latest[k])})", latest[k]))
     untimed = [k for k in timings if k not in cold]
     if cold:
@@ -168,4 +168,10 @@ def peer_goals(root: Path) -> list[str]:
 
 
 def _mode(entry: dict) -> str:
-    return next((m for m, r in entry.get("runs", {}).items() if r.get("finished") == entry.get("finished")), "unfiled")
+    return next((m for m, r in entry.get("runs", {}).items() if _same(r, entry)), "unfiled")
+
+
+def _same(run: dict, other: dict) -> bool:
+    """The same run: finished at the same time with the same wall time (a stage clock's cold total is
+    filed in the second its sitting finishes, with other seconds)."""
+    return run.get("finished") == other.get("finished") and run.get("seconds") == other.get("seconds")
