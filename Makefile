@@ -25,11 +25,11 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 run: setup
 	$(BIN)/python -m llgbm.run --profile $(PROFILE)
 
-# Two pytest-xdist workers: the smoke notebooks (one group, phase order) on one, the unit tests beside them.
-# TEST_WORKERS=0 runs everything in one process.
+# Two pytest-xdist workers, a test file to a worker: the smoke notebooks (test_notebooks.py, phase order, one
+# shared home) on one, the other files beside them. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # JupyterLab refuses to run as root without --allow-root (the usual case in containers).
 lab: setup

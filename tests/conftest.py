@@ -1,8 +1,9 @@
 """Shared fixtures: a private LLGBM_HOME per test (models linked from the real cache, so the
 SmolLM2 conversion happens once per machine), the tiny model, and a private reports folder.
 
-`make test` runs pytest-xdist with two workers (`--dist loadgroup`); the smoke notebooks share one
-home in phase order, so they form one group (`xdist_group("smoke-suite")`) that one worker runs."""
+`make test` runs pytest-xdist with two workers, a test file to a worker (`--dist loadfile`): the smoke
+notebooks share one home in phase order (test_notebooks.py), so one worker runs them all, in order.
+(`--dist loadgroup` would be finer, but xdist 3.8's groups do not hold under pytest 9.2: tried.)"""
 import os
 
 import pytest

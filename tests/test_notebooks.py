@@ -117,7 +117,6 @@ def suite_home(tmp_path_factory, real_home):
 
 
 @pytest.mark.notebook
-@pytest.mark.xdist_group("smoke-suite")         # one worker, one home, phase order (make test's two workers)
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])  # phase order: 00 builds the zoo
 def test_notebook_runs_under_smoke(nb, suite_home):
     run.run_notebook(nb, "smoke", timeout=600)
@@ -142,7 +141,6 @@ def test_notebook_runs_under_smoke(nb, suite_home):
 
 
 @pytest.mark.notebook
-@pytest.mark.xdist_group("smoke-suite")
 def test_every_claim_has_one_row_across_the_suite(suite_home):
     """After the smoke suite (the tests above, in phase order): no claim is measured twice, so no
     claim carries two verdicts."""

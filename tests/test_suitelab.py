@@ -48,6 +48,18 @@ def test_scaling_table_and_gain_per_doubling():
     assert slope == pytest.approx(np.polyfit([4, 5, 6], [0.25, 0.5, 0.7], 1)[0])
 
 
+def test_methods_figure_shows_each_method_with_its_interval():
+    from llgbm.lab import suiterun
+    table = pd.DataFrame({"gap_loglik": [0.0, 0.5, -0.3], "gap_loglik_lo": [0.0, 0.4, -0.9], "gap_loglik_hi": [0.0, 0.6, 0.2]},
+                         index=["base", "icl", "cd"])
+    fig = suiterun.methods_figure({"near": table, "far": table, "all": table})
+    assert [ax.get_title() for ax in fig.axes] == ["near held-out tasks", "far held-out tasks"]      # "all" is not a panel
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [ledger.METHODS["icl"], ledger.METHODS["cd"]]          # table order, top down; no base row
+    bars = fig.axes[0].containers[0]                               # errorbar: the points and their CI whiskers
+    assert np.allclose(sorted(bars.lines[0].get_xdata()), [-0.3, 0.5])
+
+
 def _metrics(moon_lo=0.1, ratio=6.0, far=0.6, far_lo=0.1, mt_lo=(0.1, 0.1), icl_lo=0.1, other_lo=0.1, random_lo=-0.1, user=0.6):
     m = {"prompt_ratio": ratio, "prompt_tokens_icl": 60.0, "prompt_tokens_sft": 10.0, "user_acc_adapter": user, "user_acc_base": 0.0,
          "far_gap_sft": far, "far_gap_sft_ci_low": far_lo, "far_gap_sft_ci_high": far + 0.2, "near_gap_sft": 0.3}

@@ -56,7 +56,7 @@ def used(*folders: Path | str, trained: bool, seconds: float | None = None) -> N
         row = dict(kind=kind_of(key), trained=bool(trained or old.get("trained")))
         spent = [s for s in (old.get("seconds"), seconds / len(folders) if seconds is not None and trained else None)
                  if s is not None]
-        _log["rows"][key] = dict(row, **({"seconds": round(sum(spent), 1)} if spent else {}))
+        _log["rows"][key] = dict(row, **({"seconds": round(sum(spent), 3)} if spent else {}))   # ms: a smoke teacher takes < 0.05 s
     atomic_write_json(_log["path"], _log["rows"])
 
 

@@ -254,6 +254,26 @@ def scaling_figure(scale: pd.DataFrame, refs: dict[str, dict[str, float]]):
     return fig
 
 
+def methods_figure(tables: dict[str, pd.DataFrame]):
+    """Log-lik gap recovery of every method (0: the base model, 1: the task's own teacher), one panel
+    per held-out group, with its 95% CI over seeds and tasks."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    groups = [g for g in ("near", "far") if g in tables]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), layout="constrained", squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups):
+        T = tables[group].drop(index="base", errors="ignore")
+        y = np.arange(len(T))[::-1]
+        err = np.nan_to_num(np.array([T["gap_loglik"] - T["gap_loglik_lo"], T["gap_loglik_hi"] - T["gap_loglik"]], dtype=float))
+        ax.errorbar(T["gap_loglik"], y, xerr=err, fmt="o", capsize=3, color=sns.color_palette("deep")[0])
+        ax.axvline(0, color="k", lw=0.8)
+        ax.axvline(1, color="grey", ls="--", lw=0.8)
+        ax.set(title=f"{group} held-out tasks", xlabel="gap recovery of gold log-lik (0 base, 1 teacher)")
+        ax.set_yticks(y, [ledger.METHODS[m] for m in T.index])
+    fig.suptitle("Which method recovers the gap on unseen tasks? (bars: 95% CI over seeds and tasks)")
+    return fig
+
+
 def plan_table(lab: SuiteLab) -> pd.DataFrame:
     """The compute plan: per condition, what it trains, its steps, seeds and the items it is scored on."""
     cfg, plan = lab.cfg, lab.plan
