@@ -193,6 +193,9 @@ def test_a_stage_clock_cold_total_is_filed_as_the_notebooks_cold_run(tmp_path, m
     assert cold["seconds"] == 12000.0 and "stage clock" in cold["note"] and "errs high" in cold["note"] and "flops" not in cold
     assert warm["note"] == "a sitting" and warm["seconds"] < 600 and entry["seconds"] == warm["seconds"]   # latest: the sitting
     assert "12000" in (tmp_path / "reports" / "smoke" / "REPORT.md").read_text()
+    assert run.main(["--profile", "smoke", "--note", "again"]) == 0                 # a rerun does not file it twice
+    entry = json.loads((tmp_path / "reports" / "smoke" / "timings.json").read_text())["06_zeroshot"]
+    assert entry["runs"]["cold"] == cold and [h["mode"] for h in entry["history"]] == ["warm"]
 
 
 def test_run_times_read_as_a_person_would():
