@@ -192,6 +192,7 @@ def test_a_stage_clock_cold_total_is_filed_as_the_notebooks_cold_run(tmp_path, m
     cold, warm = entry["runs"]["cold"], entry["runs"]["warm"]
     assert cold["seconds"] == 12000.0 and "stage clock" in cold["note"] and "errs high" in cold["note"] and "flops" not in cold
     assert warm["note"] == "a sitting" and warm["seconds"] < 600 and entry["seconds"] == warm["seconds"]   # latest: the sitting
+    assert warm["peak_flops_per_s"] > 1e9 and "peak_flops_per_s" not in cold     # this machine's peak, measured; not the sittings'
     assert "12000" in (tmp_path / "reports" / "smoke" / "REPORT.md").read_text()
     assert run.main(["--profile", "smoke", "--note", "again"]) == 0                 # a rerun does not file it twice
     entry = json.loads((tmp_path / "reports" / "smoke" / "timings.json").read_text())["06_zeroshot"]
@@ -253,7 +254,8 @@ def test_report_states_budget_verdicts_for_cold_and_warm_runs(tmp_path, monkeypa
     assert ("the 1 timed add up to 65 min against 60 min, **over budget already** by 5 min; not timed cold: 02_dataset."
             in text) and "- 00_baseline, cold run: tests ran beside it" in text
     run.record_timing("quick", "00_baseline", 1800, mode="cold")
-    run.record_timing("quick", "02_dataset", 300, mode="cold")
+    run.record_timing("quick", "02_dataset", 300, mode="cold", peak=1.5e11)    # the peak the runner measured here
+    assert json.loads((tmp_path / "quick" / "timings.json").read_text())["02_dataset"]["runs"]["cold"]["peak_flops_per_s"] == 1.5e11
     text = report.write_report("quick", nb).read_text()
     assert "- 00_baseline, cold run: tests ran beside it" not in text      # the note went with the run it described
     assert ("- 00_baseline, an earlier cold run (replaced by the one above): 3900 s, finished "        # … into its history

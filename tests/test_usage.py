@@ -112,13 +112,28 @@ def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_
                                          "warm": dict(seconds=90.0, finished="t4", flops=9e12)})}
     (tmp_path / "bench.json").write_text(json.dumps(dict(peak_flops_per_s=1e11, machine="a CPU")))
     text = "\n".join(usage.utilisation(timings, usage.bench_peak(tmp_path)))
-    assert "| 00_baseline | cold | 100 | 2.00 | 20.0 | 0.200 |" in text
-    assert "| 01_delta_caching | cold | 80 | 4.00 | 50.0 | 0.500 |" in text
-    assert "| 01_delta_caching | latest (warm) | 50 | 1.00 | 20.0 | 0.200 |" in text
-    assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5: **not met**)" in text
+    assert "| 00_baseline | cold | 100 | 2.00 | 20.0 | 100 (bench) | 0.200 |" in text
+    assert "| 01_delta_caching | cold | 80 | 4.00 | 50.0 | 100 (bench) | 0.500 |" in text
+    assert "| 01_delta_caching | latest (warm) | 50 | 1.00 | 20.0 | 100 (bench) | 0.200 |" in text
+    assert "6.0 TFLOP in 3 min, 33.3 GFLOP/s, 0.333 of the peak (goal: 0.5: **not met**); against the bench's peak for 00, 01" in text
     assert "No counted cold run yet (the suite's share waits for them): 02_dataset, 06_zeroshot" in text
-    assert "| 06_zeroshot | latest (warm) | 90 | 9.00 | 100.0 | 1.000 |" in text
+    assert "| 06_zeroshot | latest (warm) | 90 | 9.00 | 100.0 | 100 (bench) | 1.000 |" in text
     assert usage.bench_peak(tmp_path / "nowhere") is None
+    assert "share of the peak unknown" in "\n".join(usage.utilisation(timings, None))
+
+
+def test_utilisation_takes_each_run_against_its_own_machines_peak(tmp_path):
+    # Two machines with the same CPU name: the runner filed each run's measured peak; the suite's share is
+    # its FLOPs over what each machine could do in its wall time, not over one machine's peak.
+    a = dict(seconds=100.0, finished="t1", flops=5e12, peak_flops_per_s=1e11)     # 0.5 of its own 100 GFLOP/s
+    b = dict(seconds=100.0, finished="t2", flops=5e12, peak_flops_per_s=2.5e11)   # 0.2 of its own 250
+    timings = {"00_baseline": dict(a, runs={"cold": a}), "13_inl": dict(b, runs={"cold": b})}
+    (tmp_path / "bench.json").write_text(json.dumps(dict(peak_flops_per_s=2.5e11, machine="a CPU")))
+    text = "\n".join(usage.utilisation(timings, usage.bench_peak(tmp_path)))
+    assert "| 00_baseline | cold | 100 | 5.00 | 50.0 | 100 (own) | 0.500 |" in text
+    assert "| 13_inl | cold | 100 | 5.00 | 50.0 | 250 (own) | 0.200 |" in text
+    assert "10.0 TFLOP in 3 min, 50.0 GFLOP/s, 0.286 of the peak (goal: 0.5: **not met**)." in text   # 10 / (10 + 25)
+    assert "(bench)" not in text.split("|---|")[-1] and "against the bench's peak for" not in text
 
 
 def _bench(teacher=(96.0, 0.5578), trainer=(73.6, 0.5578), ours8=10.4, peft8=6.9, diff=9.5e-7, cheaper=288.0):
@@ -158,3 +173,15 @@ def test_cold_times_say_whether_the_code_changed_since(monkeypatch):
     assert "12_coordinates: its cold run's commit cccccccccc is not in this checkout's history" in text
     assert "(13): whether their code changed since is not known" in text
     assert usage.cold_code({"00_baseline": run("a" * 40)}) == []
+
+
+@pytest.mark.parametrize("floor_ms, says", [(60.0, "**out of reach on this machine without less work**"),
+                                            (20.0, "within reach of faster code")])
+def test_generation_goal_says_whether_its_flops_allow_it_at_the_peak(tmp_path, floor_ms, says):
+    bench = _bench()
+    bench["peer_generation"][0] |= {"GFLOP": 7.4, "ms at the fp32 peak": floor_ms}    # the teacher: 49 s, so 49 ms allowed
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    (line,) = [ln for ln in usage.peer_goals(tmp_path) if "cheaper than training one teacher" in ln]
+    assert f"take {floor_ms:.1f} ms even at the fp32 peak, against the 49.0 ms the goal allows: {says}" in line
+    (tmp_path / "bench.json").write_text(json.dumps(_bench()))                          # an older bench: no FLOPs, no claim
+    assert "fp32 peak" not in "\n".join(usage.peer_goals(tmp_path))

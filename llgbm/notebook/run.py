@@ -196,7 +196,7 @@ def cell_seconds(executed: Path | str, top: int = 5) -> list[dict]:
 
 def record_timing(profile: str, stem: str, seconds: float, state: dict | None = None, mode: str | None = None,
                   note: str | None = None, cells: list[dict] | None = None, counted: dict | None = None,
-                  code: dict | None = None) -> None:
+                  code: dict | None = None, peak: float | None = None) -> None:
     """Wall time of each notebook's latest run, with the cache state it started from, kept across
     partial reruns (`--only`). `mode` (suite_mode at the start of the whole run, or own_mode for a
     notebook with its own caches) also files it as
@@ -204,13 +204,15 @@ def record_timing(profile: str, stem: str, seconds: float, state: dict | None = 
     what else to know about the run (the report prints it under the run-times table); `cells` its
     slowest cells (`cell_seconds`), where the minutes went; `counted` the FLOPs its kernel counted
     (`llgbm.core.flops`: flops, seconds counted), for the suite's use of the peak; `code` the commit it ran
-    (`provenance.code_state`), so a cold time from older code can be told apart."""
+    (`provenance.code_state`), so a cold time from older code can be told apart; `peak` the fp32 matmul FLOP/s the
+    runner measured on this machine (`timing.measure_matmul_peak`), since machines with the same CPU name differ."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
                  **({"start_state": state} if state else {}), **({"note": note} if note else {}),
                  **({"cells": cells} if cells else {}),
                  **({"flops": counted["flops"], "flops_seconds": counted["seconds"]} if counted else {}),
+                 **({"peak_flops_per_s": round(peak)} if peak else {}),
                  **({"commit": code["commit"], "dirty": code["dirty"]} if code and code.get("commit") else {}))
     atomic_write_json(path, file_timing(timings, stem, entry, mode))
 
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import papermill as pm
 
+    from llgbm.core.timing import measure_matmul_peak  # lazy: argument errors answer before torch loads
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _check_kernel(args.kernel)
     selected = notebooks(args.only)
@@ -249,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     last = json.loads(path.read_text()) if path.exists() else {}
     t_all = time.time()
     mode = suite_mode(cache_state(args.profile))
+    peak = measure_matmul_peak(trials=3)           # this machine's, filed with each run: same-named CPUs differ
     print(f"[llgbm.run] {len(selected)} notebook(s), {args.profile}, starting from a {mode} cache", flush=True)
     for i, nb in enumerate(selected, 1):
         state = cache_state(args.profile)
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             record_timing(args.profile, nb.stem, clock[0], None, "cold", clock[1], code=code)
         record_timing(args.profile, nb.stem, seconds, state, filed, args.note,
                       cell_seconds(reports_root() / args.profile / "_executed" / nb.name),
-                      flops.read(reports_root() / args.profile / nb.stem / "flops.json"), code)
+                      flops.read(reports_root() / args.profile / nb.stem / "flops.json"), code, peak)
         print(f"[llgbm.run] {nb.name} done in {seconds / 60:.1f} min (total {(time.time() - t_all) / 60:.1f} min)", flush=True)
     path = write_report(args.profile, notebooks())
     print(f"[llgbm.run] report: {path}")

@@ -71,21 +71,29 @@ def bench_peak(root: Path) -> tuple[float, str] | None:
 
 
 def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
-    """Per notebook, its latest cold run's counted FLOPs against its wall time, as a share of the bench's
-    fp32 peak, and the suite's: the counted cold runs' FLOPs over their summed wall time."""
+    """Per notebook, its latest cold run's counted FLOPs against its wall time, as a share of the fp32
+    peak measured on its own machine (the runner files it with each run: machines with the same CPU
+    name differ) or, for runs from before that, the bench's; and the suite's: the counted cold runs'
+    FLOPs over what their machines could have done in their wall time (Σ seconds × peak)."""
     lines = ["## Use of the machine's peak", ""]
     cold = {k: v["runs"]["cold"] for k, v in sorted(timings.items()) if "flops" in v.get("runs", {}).get("cold", {})}
     latest = {k: v for k, v in sorted(timings.items()) if "flops" in v}
     if not latest and not cold:
         return lines + ["No run has counted its FLOPs yet (`llgbm.core.flops`, counted from the runs after it landed).", ""]
     rate = (lambda r: r["flops"] / r["seconds"])
-    fraction = (lambda r: f"{rate(r) / peak[0]:.3f}" if peak else "n/a")
+    own = (lambda r: r.get("peak_flops_per_s") or (peak[0] if peak else None))
+    fraction = (lambda r: f"{rate(r) / own(r):.3f}" if own(r) else "n/a")
+    where = (lambda r: f"{r['peak_flops_per_s'] / 1e9:.0f} (own)" if r.get("peak_flops_per_s")
+             else (f"{peak[0] / 1e9:.0f} (bench)" if peak else "n/a"))
     lines += ["FLOPs as each notebook's kernel counted them (`llgbm.core.flops`: every `nn.Linear` forward and the backward it "
               "implies; padding counts as work done, attention scores and subprocesses are not counted), over the run's wall "
-              "time" + (f", as a share of the fp32 peak the bench measured ({peak[0] / 1e9:.0f} GFLOP/s on {peak[1]})." if peak
-                        else "; no bench.json gives this machine's peak."), "",
-              "| notebook | run | wall (s) | counted TFLOP | GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
-    row = (lambda k, label, r: f"| {k} | {label} | {r['seconds']:.0f} | {r['flops'] / 1e12:.2f} | {rate(r) / 1e9:.1f} | {fraction(r)} |")
+              "time, as a share of the fp32 matmul peak of the machine it ran on: **own** where the runner measured it before "
+              "the run, else the bench's" + (f" ({peak[0] / 1e9:.0f} GFLOP/s on {peak[1]}), a guess for runs on another "
+                                             f"machine: machines with the same CPU name measure different peaks." if peak
+                                             else "; no bench.json gives one."), "",
+              "| notebook | run | wall (s) | counted TFLOP | GFLOP/s | peak GFLOP/s | share of peak |", "|---|---|---|---|---|---|---|"]
+    row = (lambda k, label, r: f"| {k} | {label} | {r['seconds']:.0f} | {r['flops'] / 1e12:.2f} | {rate(r) / 1e9:.1f} | "
+                               f"{where(r)} | {fraction(r)} |")
     for k in sorted({*cold, *latest}):
         if k in cold:
             lines.append(row(k, "cold", cold[k]))
@@ -94,11 +102,15 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     untimed = [k for k in timings if k not in cold]
     if cold:
         flops, seconds = sum(r["flops"] for r in cold.values()), sum(r["seconds"] for r in cold.values())
-        share = (f"{flops / seconds / peak[0]:.3f} of the peak (goal: {PEAK_GOAL}: "
-                 + ("**met**" if flops / seconds / peak[0] >= PEAK_GOAL else "**not met**") + ")") if peak \
-            else f"its share of the peak unknown (no bench.json; goal: {PEAK_GOAL})"
+        known = all(own(r) for r in cold.values())
+        ratio = flops / sum(r["seconds"] * own(r) for r in cold.values()) if known else None
+        share = (f"{ratio:.3f} of the peak (goal: {PEAK_GOAL}: " + ("**met**" if ratio >= PEAK_GOAL else "**not met**") + ")"
+                 if known else f"its share of the peak unknown (no bench.json; goal: {PEAK_GOAL})")
+        guessed = [_short(k) for k, r in cold.items() if not r.get("peak_flops_per_s")]
         lines += ["", f"- The cold runs with counted FLOPs ({', '.join(map(_short, cold))}): {flops / 1e12:.1f} TFLOP in "
-                  f"{seconds / 60:.0f} min, {flops / seconds / 1e9:.1f} GFLOP/s, {share}."]
+                  f"{seconds / 60:.0f} min, {flops / seconds / 1e9:.1f} GFLOP/s, {share}"
+                  + (f"; against the bench's peak for {', '.join(guessed)} (their machines' own not recorded)." if guessed and known
+                     else ".")]
     if untimed:
         lines.append("- No counted cold run yet (the suite's share waits for them): " + ", ".join(untimed) + ".")
     return lines + [""]
@@ -163,8 +175,21 @@ def peer_goals(root: Path) -> list[str]:
                            if not k.startswith("end to end") and k != "one teacher (training)")
         lines.append(f"- A generated adapter ≥ {GENERATION_GOAL:.0f}× cheaper than training one teacher, end to end: "
                      f"{word(warm['times_cheaper_than_teacher'] >= GENERATION_GOAL)}, {warm['times_cheaper_than_teacher']:.0f}× "
-                     f"({warm['seconds'] * 1e3:.0f} ms warm; {stages}).")
+                     f"({warm['seconds'] * 1e3:.0f} ms warm; {stages}){_floor(warm, gen)}.")
     return lines + [""]
+
+
+def _floor(warm: dict, gen: dict) -> str:
+    """Whether the goal is within reach of this work at all: its counted FLOPs at the fp32 peak against
+    the time 1000× cheaper than the teacher allows (bench rows without FLOPs: nothing to say)."""
+    floor, teacher = warm.get("ms at the fp32 peak"), gen.get("one teacher (training)", {}).get("seconds")
+    if floor is None or floor != floor or not teacher:
+        return ""
+    allowed = teacher / GENERATION_GOAL * 1e3
+    return (f"; its counted FLOPs ({warm['GFLOP']:.1f} GFLOP) take {floor:.1f} ms even at the fp32 peak, against the "
+            f"{allowed:.1f} ms the goal allows: " + ("within reach of faster code" if floor < allowed else
+                                                     "**out of reach on this machine without less work** (fewer or shorter "
+                                                     "prompts to encode, a smaller generator)"))
 
 
 def _mode(entry: dict) -> str:
