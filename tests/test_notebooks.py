@@ -419,5 +419,7 @@ def test_provenance_follows_the_notebooks_imports():
     for stem in ("10_igbundle", "11_calabi", "12_coordinates", "13_inl"):    # geomlib's notebooks run no llgbm.lab code
         assert not [f for f in provenance.code_files(stem) if f.startswith("llgbm/lab/")], stem
     assert "llgbm/lab/suitelab.py" in provenance.code_files("06_zeroshot")
+    assert "llgbm/notebook/report.py" in calabi                             # usage, provenance: the suite report's only
+    assert not {"llgbm/notebook/usage.py", "llgbm/notebook/provenance.py"} & set(calabi)
     assert provenance._imports("from llgbm.core import tasks\nimport numpy\ndef f():\n    import geomlib.inl.lab") == {
         "llgbm", "llgbm.core", "llgbm.core.tasks", "geomlib", "geomlib.inl", "geomlib.inl.lab"}

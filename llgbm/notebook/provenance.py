@@ -16,6 +16,10 @@ from pathlib import Path
 from llgbm.core.utils import REPO_ROOT
 
 PACKAGES = ("llgbm", "geomlib")
+# Modules a notebook imports that only write the suite's REPORT.md (run times, peak use, peer goals,
+# artefact table) or record which code ran (this one), never a notebook's results: a change to them
+# leaves every notebook's numbers as they were, so it does not make a report "older than the committed code".
+SUITE_REPORT_ONLY = frozenset({"llgbm.notebook.usage", "llgbm.notebook.provenance"})
 
 
 def _module_file(name: str) -> Path | None:
@@ -62,7 +66,7 @@ def code_files(stem: str) -> tuple[str, ...]:
     files = {nb.relative_to(REPO_ROOT).as_posix()}
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in SUITE_REPORT_ONLY:
             continue
         seen.add(name)
         path = _module_file(name)

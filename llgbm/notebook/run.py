@@ -205,7 +205,8 @@ def record_timing(profile: str, stem: str, seconds: float, state: dict | None = 
     slowest cells (`cell_seconds`), where the minutes went; `counted` the FLOPs its kernel counted
     (`llgbm.core.flops`: flops, seconds counted), for the suite's use of the peak; `code` the commit it ran
     (`provenance.code_state`), so a cold time from older code can be told apart; `peak` the fp32 matmul FLOP/s the
-    runner measured on this machine (`timing.measure_matmul_peak`), since machines with the same CPU name differ."""
+    runner measured just before (`timing.measure_matmul_peak`): it differs between machines with the same CPU name
+    and over time on one (a shared host)."""
     path = reports_root() / profile / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     entry = dict(seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine(),
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     last = json.loads(path.read_text()) if path.exists() else {}
     t_all = time.time()
     mode = suite_mode(cache_state(args.profile))
-    peak = measure_matmul_peak(trials=3)           # this machine's, filed with each run: same-named CPUs differ
+    peak = measure_matmul_peak(trials=3)           # now, filed with each run: it varies by machine and hour
     print(f"[llgbm.run] {len(selected)} notebook(s), {args.profile}, starting from a {mode} cache", flush=True)
     for i, nb in enumerate(selected, 1):
         state = cache_state(args.profile)

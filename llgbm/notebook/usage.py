@@ -88,9 +88,9 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     lines += ["FLOPs as each notebook's kernel counted them (`llgbm.core.flops`: every `nn.Linear` forward and the backward it "
               "implies; padding counts as work done, attention scores and subprocesses are not counted), over the run's wall "
               "time, as a share of the fp32 matmul peak of the machine it ran on: **own** where the runner measured it before "
-              "the run, else the bench's" + (f" ({peak[0] / 1e9:.0f} GFLOP/s on {peak[1]}), a guess for runs on another "
-                                             f"machine: machines with the same CPU name measure different peaks." if peak
-                                             else "; no bench.json gives one."), "",
+              "the run, else the bench's" + (f" ({peak[0] / 1e9:.0f} GFLOP/s on {peak[1]}), a guess for runs at another "
+                                             "machine or hour: the peak measured on CPUs of one name varies between "
+                                             "machines and over time on one." if peak else "; no bench.json gives one."), "",
               "| notebook | run | wall (s) | counted TFLOP | GFLOP/s | peak GFLOP/s | share of peak |", "|---|---|---|---|---|---|---|"]
     row = (lambda k, label, r: f"| {k} | {label} | {r['seconds']:.0f} | {r['flops'] / 1e12:.2f} | {rate(r) / 1e9:.1f} | "
                                f"{where(r)} | {fraction(r)} |")
