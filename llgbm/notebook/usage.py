@@ -83,8 +83,7 @@ def utilisation(timings: dict, peak: tuple[float, str] | None) -> list[str]:
     rate = (lambda r: r["flops"] / r["seconds"])
     own = (lambda r: r.get("peak_flops_per_s") or (peak[0] if peak else None))
     fraction = (lambda r: f"{rate(r) / own(r):.3f}" if own(r) else "n/a")
-    where = (lambda r: f"{r['peak_flops_per_s'] / 1e9:.0f} (own)" if r.get("peak_flops_per_s")
-             else (f"{peak[0] / 1e9:.0f} (bench)" if peak else "n/a"))
+    where = (lambda r: f"{own(r) / 1e9:.0f} ({'own' if r.get('peak_flops_per_s') else 'bench'})" if own(r) else "n/a")
     lines += ["FLOPs as each notebook's kernel counted them (`llgbm.core.flops`: every `nn.Linear` forward and the backward it "
               "implies; padding counts as work done, attention scores and subprocesses are not counted), over the run's wall "
               "time, as a share of the fp32 matmul peak of the machine it ran on: **own** where the runner measured it before "
