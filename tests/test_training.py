@@ -84,6 +84,31 @@ def test_resume_reproduces_the_same_steps(setup, tmp_path):
     assert longer.resumed_from == 3 and len(longer.history["loss"]) == 5
 
 
+def test_a_later_notebook_continuing_a_run_files_only_its_own_steps(setup, lab_home, tmp_path):
+    """04b trains a delta-only run, 05 trains it longer from 04b's checkpoint (keeping 04b's last
+    step), and a rerun of 04b reads it back: each files the steps it took, and the REPORT's table
+    calls it continued, not work done twice (issue 30)."""
+    from llgbm.core import artefacts
+    from llgbm.notebook import usage
+    data, sup = setup
+    short = train.TrainingConfig.preset("smoke", "weight", steps=2, ckpt_every=1)
+    long = train.TrainingConfig.preset("smoke", "weight", steps=4, ckpt_every=1, keep_steps=(2,))
+    rows = {}
+    for stem, cfg in (("04b_ablations", short), ("05_delta_only", long), ("rerun", short)):
+        artefacts.start(tmp_path / stem / "artefacts.json")
+        try:
+            res = train.train(data, GCFG, cfg, 0, sup, progress=False)
+        finally:
+            artefacts.stop()
+        rows[stem] = artefacts.read(tmp_path / stem / "artefacts.json")[artefacts.key_of(res.run_dir)]
+    assert rows["04b_ablations"]["steps"] == [0, 2] and rows["05_delta_only"]["steps"] == [2, 4]
+    assert rows["rerun"] == dict(kind="generator run", trained=False)          # step 2 kept: read back
+    text = "\n".join(usage.artefact_table(tmp_path, ["04b_ablations", "05_delta_only"]))
+    assert "| generator run | 1 | 04b, 05 | 04b, 05 (continued" in text
+    assert "1 trained further by a later notebook" in text and "0 trained over the same steps" in text
+    assert "a defect" not in text
+
+
 def test_checkpoints_are_safetensors_and_old_pickles_are_never_loaded(setup, tmp_path):
     data, sup = setup
     cfg = train.TrainingConfig.preset("smoke", "weight", steps=2, ckpt_every=1)

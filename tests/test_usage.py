@@ -92,12 +92,38 @@ def test_artefact_table_groups_by_users_and_flags_work_done_twice(tmp_path):
     _write(tmp_path, "04_multitask", {"zoo/a": dict(t, trained=False), "zoo/b": dict(t, trained=False),
                                       "generators/g": dict(kind="generator run", trained=True, seconds=6.0)})
     rows = usage.artefact_rows(tmp_path, ["00_baseline", "04_multitask", "05_delta_only"])
-    assert dict(kind="teacher (zoo)", used_by=["00_baseline", "04_multitask"], trained_in=["00_baseline"], count=2,
-                seconds=20.0) in rows
+    assert dict(kind="teacher (zoo)", used_by=["00_baseline", "04_multitask"], trained_in=["00_baseline"], twice=False,
+                count=2, seconds=20.0) in rows
     text = "\n".join(usage.artefact_table(tmp_path, ["00_baseline", "04_multitask", "05_delta_only"]))
-    assert "| teacher (zoo) | 2 | 00, 04 | 00 | 20 |" in text and "| generator run | 1 | 00, 04 | 00, 04 | 11 |" in text
-    assert "3 artefacts; 3 used by more than one notebook" in text and "1 trained by more than one" in text
+    assert "| teacher (zoo) | 2 | 00, 04 | 00 | 20 |" in text
+    assert "| generator run | 1 | 00, 04 | 00, 04 (**the same steps twice**) | 11 |" in text   # no spans: trained whole
+    assert "3 artefacts; 3 used by more than one notebook" in text and "1 trained over the same steps by more than one" in text
     assert "a defect" in text and "Not recorded (no run since artefacts were recorded): 05_delta_only" in text
+
+
+@pytest.mark.parametrize("spans, twice", [([[0, 80], [80, 160]], False), ([[0, 80], [40, 160]], True),
+                                          ([[0, 80], None], True), ([[80, 160], [0, 80], [160, 240]], False),
+                                          ([[0, 80]], False), ([None], False)])
+def test_training_spans_overlap_only_when_they_share_a_step(spans, twice):
+    assert artefacts.overlap(spans) is twice
+
+
+def test_artefacts_file_the_span_of_steps_a_run_trained(lab_home, tmp_path):
+    run = lab_home / "generators" / "delta-seed0-abc"
+    artefacts.start(tmp_path / "a.json")
+    try:
+        artefacts.used(run, trained=True, seconds=1.0, steps=(80, 120))
+        artefacts.used(run, trained=True, seconds=1.0, steps=(120, 160))      # continued within the run: one span
+        assert artefacts.read(tmp_path / "a.json")["generators/delta-seed0-abc"]["steps"] == [80, 160]
+        artefacts.used(run, trained=False)
+        assert artefacts.read(tmp_path / "a.json")["generators/delta-seed0-abc"]["steps"] == [80, 160]
+        artefacts.used(run, trained=True)                                     # trained whole: no span any more
+        artefacts.used(run, trained=True, steps=(0, 10))
+        assert "steps" not in artefacts.read(tmp_path / "a.json")["generators/delta-seed0-abc"]
+        with pytest.raises(ValueError, match="from <= to"):
+            artefacts.used(run, trained=True, steps=(5, 2))
+    finally:
+        artefacts.stop()
 
 
 def test_utilisation_is_counted_flops_over_wall_time_against_the_bench_peak(tmp_path):

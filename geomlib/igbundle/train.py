@@ -241,7 +241,8 @@ def train(cfg: IGTrainConfig, model=None, tokenizer=None, progress: bool = True,
             break
     model.eval()
     peak_mb = rss_mb(peak=True)
-    artefacts.used(run, trained=start < cfg.max_steps, seconds=float(sum(history["seconds"][start:])))
+    end = max(start, min(cfg.max_steps, stop_after or cfg.max_steps))
+    artefacts.used(run, trained=start < end, seconds=float(sum(history["seconds"][start:])), steps=(start, end))
     return dict(model=model, tokenizer=tokenizer, host=host, params=sum(p.numel() for n, p in params.items()
                                                                         if "sheaf" not in n),
                 history=history, run_dir=run, peak_rss_mb=peak_mb, resumed_from=start)

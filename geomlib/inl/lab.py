@@ -148,7 +148,8 @@ def train_lm(model_cfg: INLConfig, corpus: dict, cfg: INLLabConfig, tag: str, st
             if save:
                 save_run(run, model, opt, params, dict(step=done, seconds=seconds, history=history, config=asdict(model_cfg)))
     if save:
-        artefacts.used(run, trained=start < min(steps, stop_after or steps), seconds=seconds - resumed_seconds)
+        end = max(start, min(steps, stop_after or steps))
+        artefacts.used(run, trained=start < end, seconds=seconds - resumed_seconds, steps=(start, end))
     return dict(model=model.eval(), history=history, seconds=seconds, run_dir=run, resumed_from=start)
 
 

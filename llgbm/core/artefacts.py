@@ -45,19 +45,42 @@ def stop() -> None:
     _log.update(path=None, rows={})
 
 
-def used(*folders: Path | str, trained: bool, seconds: float | None = None) -> None:
+def used(*folders: Path | str, trained: bool, seconds: float | None = None,
+         steps: tuple[int, int] | None = None) -> None:
     """The artefacts in `folders` were trained (`trained`, taking `seconds` in all, when known) or read
-    back by this run. An artefact trained once in a run stays filed as trained there."""
+    back by this run. An artefact trained once in a run stays filed as trained there. `steps` (from,
+    to) says which training steps this run took when it resumed or continued a run that another had
+    started (a later notebook training a cached run longer takes only the steps after it: not the
+    same work twice); without it the run trained the artefact whole."""
     if _log["path"] is None or not folders:
         return
+    if steps is not None and not (0 <= steps[0] <= steps[1]):
+        raise ValueError(f"steps must be (from, to) with 0 <= from <= to, not {steps!r}")
     for folder in folders:
         key = key_of(folder)
         old = _log["rows"].get(key, {})
         row = dict(kind=kind_of(key), trained=bool(trained or old.get("trained")))
         spent = [s for s in (old.get("seconds"), seconds / len(folders) if seconds is not None and trained else None)
                  if s is not None]
-        _log["rows"][key] = dict(row, **({"seconds": round(sum(spent), 3)} if spent else {}))   # ms: a smoke teacher takes < 0.05 s
+        if spent:
+            row["seconds"] = round(sum(spent), 3)                  # ms: a smoke teacher takes < 0.05 s
+        whole = (old.get("trained") and "steps" not in old) or (trained and steps is None)
+        span = [tuple(old["steps"])] if "steps" in old else []
+        if trained and steps is not None:
+            span.append(tuple(steps))
+        if span and not whole:                                     # trained whole once in this run: stays whole
+            row["steps"] = [min(a for a, _ in span), max(b for _, b in span)]
+        _log["rows"][key] = row
     atomic_write_json(_log["path"], _log["rows"])
+
+
+def overlap(spans: list[list[int] | None]) -> bool:
+    """Whether training spans (from, to) of one artefact in several runs share a step: a span of None
+    (trained whole, or not recorded) overlaps every other."""
+    if any(s is None for s in spans):
+        return len(spans) > 1
+    ordered = sorted(map(tuple, spans))
+    return any(b[0] < a[1] for a, b in zip(ordered, ordered[1:]))
 
 
 def read(path: Path | str) -> dict:

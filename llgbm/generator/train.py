@@ -238,7 +238,8 @@ def train(data: GeneratorData, gcfg: GeneratorConfig, cfg: TrainingConfig, seed:
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if is_main:
-        artefacts.used(run_dir, trained=start < cfg.steps, seconds=float(sum(history["seconds"][start:])))
+        artefacts.used(run_dir, trained=start < cfg.steps, seconds=float(sum(history["seconds"][start:])),
+                       steps=(start, max(start, cfg.steps)))
     return TrainResult(gen.eval(), history, run_dir, start)
 
 

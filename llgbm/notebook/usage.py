@@ -17,21 +17,32 @@ def _short(stem: str) -> str:
 
 def artefact_rows(root: Path, stems: list[str]) -> list[dict]:
     """One row per group of artefacts of one kind that the same notebooks use and the same notebooks
-    trained (in their latest runs): the count, the training seconds recorded, and the notebooks."""
+    trained (in their latest runs): the count, the training seconds recorded, the notebooks, and
+    whether the trainings were the same work twice (`twice`: their step spans overlap, or one trained
+    it whole) or a later notebook continuing an earlier one's run from its checkpoint (not twice)."""
     seen: dict[str, dict] = {}
     for stem in stems:
         for key, row in artefacts.read(Path(root) / stem / "artefacts.json").items():
-            a = seen.setdefault(key, dict(kind=row["kind"], used=[], trained=[], seconds=0.0))
+            a = seen.setdefault(key, dict(kind=row["kind"], used=[], trained=[], spans=[], seconds=0.0))
             a["used"].append(stem)
             if row["trained"]:
                 a["trained"].append(stem)
+                a["spans"].append(row.get("steps"))
                 a["seconds"] += row.get("seconds") or 0.0
     groups: dict[tuple, dict] = {}
     for a in seen.values():
-        g = groups.setdefault((a["kind"], tuple(a["used"]), tuple(a["trained"])), dict(count=0, seconds=0.0))
+        g = groups.setdefault((a["kind"], tuple(a["used"]), tuple(a["trained"]), artefacts.overlap(a["spans"])),
+                              dict(count=0, seconds=0.0))
         g["count"] += 1
         g["seconds"] += a["seconds"]
-    return [dict(kind=k, used_by=list(u), trained_in=list(t), **g) for (k, u, t), g in sorted(groups.items())]
+    return [dict(kind=k, used_by=list(u), trained_in=list(t), twice=w, **g) for (k, u, t, w), g in sorted(groups.items())]
+
+
+def _trained_in(row: dict) -> str:
+    names = ", ".join(map(_short, row["trained_in"]))
+    if len(row["trained_in"]) < 2:
+        return names or "— (read back)"
+    return names + (" (**the same steps twice**)" if row["twice"] else " (continued: each later one from the checkpoint before)")
 
 
 def artefact_table(root: Path, stems: list[str]) -> list[str]:
@@ -44,15 +55,20 @@ def artefact_table(root: Path, stems: list[str]) -> list[str]:
     lines += ["Every trained artefact (teacher, generator run, multi-task LoRA, continual-learning, IGBundle or INL run, "
               "recovered compressed model) that a notebook's latest run trained or read back from the cache, grouped by "
               "the notebooks that use it. *Trained in* names the runs that trained it; empty where every run read it back "
-              "(trained by an earlier run). Notebooks recording: " + ", ".join(_short(s) for s in recorded) + ".", "",
+              "(trained by an earlier run). A run that a later notebook trains longer (05 continuing 04b's delta-only runs) "
+              "is trained by both, over different steps (each run files the steps it took): not work done twice. "
+              "Notebooks recording: " + ", ".join(_short(s) for s in recorded) + ".", "",
               "| kind | artefacts | used by | trained in (latest runs) | training time (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['kind']} | {r['count']} | {', '.join(map(_short, r['used_by']))} | "
-              f"{', '.join(map(_short, r['trained_in'])) or '— (read back)'} | {r['seconds']:.0f} |" for r in rows]
-    twice = sum(r["count"] for r in rows if len(r["trained_in"]) > 1)
+    lines += [f"| {r['kind']} | {r['count']} | {', '.join(map(_short, r['used_by']))} | {_trained_in(r)} | "
+              f"{r['seconds']:.0f} |" for r in rows]
+    twice = sum(r["count"] for r in rows if r["twice"])
+    continued = sum(r["count"] for r in rows if len(r["trained_in"]) > 1 and not r["twice"])
     shared = sum(r["count"] for r in rows if len(r["used_by"]) > 1)
     total = sum(r["count"] for r in rows)
     lines += ["", f"- {total} artefacts; {shared} used by more than one notebook (the same cached run); "
-              f"{twice} trained by more than one notebook's latest run" + (" (work done twice: **a defect**)." if twice else ".")]
+              f"{continued} trained further by a later notebook from an earlier one's checkpoint; "
+              f"{twice} trained over the same steps by more than one notebook's latest run"
+              + (" (work done twice: **a defect**)." if twice else ".")]
     missing = [s for s in stems if s not in recorded]
     if missing:
         lines.append("- Not recorded (no run since artefacts were recorded): " + ", ".join(missing) + ".")
